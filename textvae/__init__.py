@@ -1,0 +1,28 @@
+"""textvae: a text variational autoencoder for sentences.
+
+The public API: `TextVAE` (load, sample, encode, decode, interpolate, score, save),
+`load_config` and `Config`, `train` and `evaluate_model`.
+"""
+
+from textvae.api import TextVAE
+from textvae.config import Config, load_config
+from textvae.errors import UserError
+
+__version__ = "0.1.0"
+
+
+def train(config: Config, resume: bool = False, overwrite: bool = False):
+    """Train as `config` says; returns the run directory (see textvae.train.train)."""
+    from textvae.train import train as _train
+
+    return _train(config, resume=resume, overwrite=overwrite)
+
+
+def evaluate_model(model: str = "runs/latest", split: str = "test", iw_samples: int | None = 500):
+    """SPEC §7 metrics of a saved model on a split (see textvae.train.evaluate_model)."""
+    from textvae.train import evaluate_model as _evaluate
+
+    return _evaluate(model, split, iw_samples)
+
+
+__all__ = ["TextVAE", "Config", "load_config", "train", "evaluate_model", "UserError", "__version__"]

@@ -1,0 +1,289 @@
+"""`TextVAE`: the public Python API over a trained model (no Lightning needed).
+
+A model directory holds `config.json` (format version, the training config, vocabulary size and
+the validation NLL quantiles used for `score --percentile`), `model.safetensors` and the HF
+`tokenizer.json` (+ `tokenizer_config.json` for `AutoTokenizer`). Loading reads only JSON and
+safetensors, so an untrusted model directory runs no code. `save_pretrained` writes into a
+temporary sibling directory and renames it into place, so a crash never leaves a half-written
+model under the final name.
+
+Sentences are tokenised exactly as in training (`<bos> w1 .. wn <eos>`); unknown words become
+`<unk>` with one warning per call. Work is batched by length and returned in input order.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import math
+import os
+import shutil
+import tempfile
+from pathlib import Path
+from typing import Iterator
+
+import torch
+
+from textvae.config import Config, from_dict
+from textvae.errors import UserError
+from textvae.generate import STRATEGIES, decode_codes
+from textvae.metrics import iw_nll, target_tokens
+from textvae.model import VAE
+from textvae.tokenizer import UNK, UNK_ID, decode_ids, encode_batch, frame, load_tokenizer, save_tokenizer
+
+log = logging.getLogger("textvae")
+
+FORMAT_VERSION = 1
+NO_MODEL_HINT = "train one with `textvae train --config configs/ptb.yaml` or pass --model DIR"
+
+
+def resolve_model_dir(path: str | os.PathLike) -> Path:
+    """A model directory, or a run directory (`runs/latest`, `runs/ptb`) holding `model/`."""
+    path = Path(path)
+    if not path.exists():
+        if path.name == "latest":
+            raise UserError(f"model: no trained model at {path}; {NO_MODEL_HINT}")
+        raise UserError(f"model: {path} does not exist; {NO_MODEL_HINT}")
+    if (path / "model" / "config.json").is_file():
+        return path / "model"
+    if not (path / "config.json").is_file():
+        raise UserError(f"model: {path} is not a model directory (no config.json); {NO_MODEL_HINT}")
+    return path
+
+
+def atomic_write_dir(directory: Path, write) -> None:
+    """Call `write(tmp_dir)`, then move the result to `directory`, replacing it only when done."""
+    directory.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(dir=directory.parent, prefix=f".{directory.name}.tmp-"))
+    try:
+        write(tmp)
+        umask = os.umask(0)
+        os.umask(umask)
+        for path in [tmp, *tmp.iterdir()]:  # mkdtemp makes 0700; give the usual permissions
+            path.chmod((0o777 if path.is_dir() else 0o666) & ~umask)
+        if directory.exists():
+            old = Path(tempfile.mkdtemp(dir=directory.parent, prefix=f".{directory.name}.old-"))
+            os.replace(directory, old / directory.name)
+            os.replace(tmp, directory)
+            shutil.rmtree(old)
+        else:
+            os.replace(tmp, directory)
+    finally:
+        if tmp.exists():
+            shutil.rmtree(tmp)
+
+
+def slerp(a: torch.Tensor, b: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
+    """Spherical interpolation (T, D) between codes a and b (D,); linear when they are parallel."""
+    cos = torch.clamp(torch.dot(a, b) / (a.norm() * b.norm()).clamp_min(1e-12), -1.0, 1.0)
+    omega = torch.arccos(cos)
+    t = t.unsqueeze(1)  # (T, 1)
+    if omega.abs() < 1e-6:
+        return (1 - t) * a + t * b
+    return (torch.sin((1 - t) * omega) * a + torch.sin(t * omega) * b) / torch.sin(omega)
+
+
+class TextVAE:
+    """A trained text VAE with its tokenizer: sample, encode, decode, interpolate, score."""
+
+    def __init__(self, model: VAE, tokenizer, config: Config, extra: dict | None = None):
+        self.model = model.eval()
+        self.tokenizer = tokenizer
+        self.config = config
+        self.extra = dict(extra or {})
+        limits = [config.model.encoder.max_positions]
+        if config.model.decoder.type == "transformer":
+            limits.append(config.model.decoder.max_positions)
+        self.max_words = min(limits) - 2
+
+    @property
+    def device(self) -> torch.device:
+        return next(self.model.parameters()).device
+
+    @property
+    def latent_dim(self) -> int:
+        return self.config.model.latent_dim
+
+    # -------------------------------------------------------------------------- saving/loading
+    @classmethod
+    def from_pretrained(cls, path: str | os.PathLike = "runs/latest", device: str | torch.device = "cpu") -> "TextVAE":
+        from safetensors import SafetensorError
+        from safetensors.torch import load_file
+
+        directory = resolve_model_dir(path)
+        try:
+            meta = json.loads((directory / "config.json").read_text(encoding="utf-8"))
+        except (json.JSONDecodeError, UnicodeDecodeError) as error:
+            raise UserError(f"model: {directory / 'config.json'} is not valid JSON ({error})") from None
+        missing = [key for key in ("format_version", "config", "vocab_size") if key not in meta]
+        if missing:
+            raise UserError(f"model: {directory / 'config.json'} lacks {', '.join(missing)} (not a textvae model?)")
+        if not isinstance(meta["format_version"], int) or meta["format_version"] > FORMAT_VERSION:
+            raise UserError(f"model: {directory} has format_version {meta['format_version']!r}, this textvae reads "
+                            f"up to {FORMAT_VERSION}; upgrade textvae")
+        config = from_dict(Config, meta["config"])
+        weights_path = directory / "model.safetensors"
+        if not weights_path.is_file():
+            raise UserError(f"model: {weights_path} is missing (the model directory is incomplete)")
+        try:
+            weights = load_file(str(weights_path), device=str(device))
+        except (SafetensorError, OSError, ValueError) as error:
+            raise UserError(f"model: {weights_path} is corrupted or truncated ({error})") from None
+        tokenizer = load_tokenizer(directory)
+        model = VAE(config.model, meta["vocab_size"])
+        try:
+            model.load_state_dict(weights)
+        except RuntimeError as error:
+            first = str(error).splitlines()[1 if len(str(error).splitlines()) > 1 else 0].strip()
+            raise UserError(f"model: {weights_path} does not match its config.json ({first})") from None
+        extra = {k: v for k, v in meta.items() if k not in ("format_version", "config", "vocab_size")}
+        return cls(model.to(device), tokenizer, config, extra)
+
+    def save_pretrained(self, directory: str | os.PathLike) -> Path:
+        from safetensors.torch import save_file
+
+        directory = Path(directory)
+
+        def write(tmp: Path) -> None:
+            meta = {"format_version": FORMAT_VERSION, "vocab_size": self.model.vocab_size,
+                    "config": self.config.to_dict(), **self.extra}
+            (tmp / "config.json").write_text(json.dumps(meta, indent=2) + "\n")
+            state = {name: tensor.detach().contiguous().cpu() for name, tensor in self.model.state_dict().items()}
+            save_file(state, str(tmp / "model.safetensors"), metadata={"format": "pt"})
+            save_tokenizer(self.tokenizer, tmp)
+
+        atomic_write_dir(directory, write)
+        return directory
+
+    # ------------------------------------------------------------------------------ tokenising
+    def tokenize(self, sentences: list[str]) -> list[list[int]]:
+        """Framed ids for each sentence; warns once about unknown words and over-long inputs."""
+        if isinstance(sentences, str):
+            raise TypeError("pass a list of sentences, not a single string")
+        words = encode_batch(self.tokenizer, list(sentences))
+        unknown = sum(ids.count(UNK_ID) for ids in words) - sum(s.split().count(UNK) for s in sentences)
+        if unknown > 0:
+            log.warning("%d unknown word(s) mapped to %s", unknown, UNK)
+        too_long = sum(len(ids) > self.max_words for ids in words)
+        if too_long:
+            log.warning("%d sentence(s) longer than %d tokens were truncated", too_long, self.max_words)
+        return [frame(ids, self.max_words) for ids in words]
+
+    def _batches(self, ids: list[list[int]], batch_size: int) -> Iterator[tuple[list[int], torch.Tensor]]:
+        """(positions in the input, padded tokens) for length-sorted batches."""
+        from textvae.data import collate
+
+        order = sorted(range(len(ids)), key=lambda i: len(ids[i]))
+        for start in range(0, len(order), batch_size):
+            positions = order[start: start + batch_size]
+            yield positions, collate([(i, ids[i]) for i in positions])["tokens"].to(self.device)
+
+    # ----------------------------------------------------------------------------- operations
+    @torch.no_grad()
+    def encode(self, sentences: list[str], sample: bool = False, seed: int | None = None,
+               batch_size: int = 256) -> torch.Tensor:
+        """Codes (n, latent_dim): posterior means, or draws from q(z|x) with `sample=True`."""
+        ids = self.tokenize(sentences)
+        generator = torch.Generator(device=self.device).manual_seed(seed) if seed is not None else None
+        codes = torch.empty(len(ids), self.latent_dim)
+        for positions, tokens in self._batches(ids, batch_size):
+            mean, logvar = self.model.encode(tokens)
+            z = self.model.reparameterize(mean, logvar, generator) if sample else mean
+            codes[positions] = z.float().cpu()
+        return codes
+
+    @torch.no_grad()
+    def decode(self, z: torch.Tensor, strategy: str = "greedy", temperature: float = 1.0, top_k: int | None = None,
+               top_p: float | None = None, beam_size: int = 4, max_length: int = 50, seed: int | None = None,
+               batch_size: int = 500, use_cache: bool = True) -> list[str]:
+        """Sentences for codes `z` (n, latent_dim)."""
+        check_decoding(strategy, temperature, top_k, top_p, beam_size, max_length)
+        z = torch.as_tensor(z, dtype=torch.float32)
+        if z.dim() != 2 or z.size(1) != self.latent_dim:
+            raise UserError(f"codes must have shape (n, {self.latent_dim}), got {tuple(z.shape)}")
+        generator = torch.Generator(device=self.device).manual_seed(seed) if seed is not None else None
+        out = []
+        for start in range(0, z.size(0), batch_size):
+            ids = decode_codes(self.model, z[start: start + batch_size].to(self.device), strategy, max_length,
+                               temperature, top_k, top_p, beam_size, generator, use_cache)
+            out.extend(decode_ids(self.tokenizer, ids))
+        return out
+
+    def iter_samples(self, n: int, seed: int | None = None, batch_size: int = 500, **decoding) -> Iterator[str]:
+        """`n` sentences from the prior, yielded batch by batch (memory stays flat for any n)."""
+        if n < 1:
+            raise UserError(f"--n must be at least 1, got {n}")
+        generator = torch.Generator().manual_seed(seed) if seed is not None else None
+        decode_seed = seed
+        for start in range(0, n, batch_size):
+            count = min(batch_size, n - start)
+            z = torch.randn(count, self.latent_dim, generator=generator)
+            yield from self.decode(z, seed=decode_seed, batch_size=batch_size, **decoding)
+            decode_seed = None if seed is None else decode_seed + 1
+
+    def sample(self, n: int = 20, strategy: str = "sample", seed: int | None = None, **decoding) -> list[str]:
+        """`n` sentences decoded from z ~ N(0, I)."""
+        return list(self.iter_samples(n, seed=seed, strategy=strategy, **decoding))
+
+    def reconstruct(self, sentences: list[str], **decoding) -> list[str]:
+        """Encode (posterior mean) and decode each sentence."""
+        return self.decode(self.encode(sentences), **decoding)
+
+    def interpolate(self, a: str, b: str, steps: int = 8, method: str = "slerp", **decoding) -> list[str]:
+        """Decoded path from a to b: `steps` intermediate points plus both endpoints."""
+        if not a.strip() or not b.strip():
+            raise UserError("interpolate: both sentences must be non-empty")
+        if steps < 1:
+            raise UserError(f"--steps must be at least 1, got {steps}")
+        if method not in ("slerp", "linear"):
+            raise UserError(f"--method must be 'slerp' or 'linear', got {method!r}")
+        start, end = self.encode([a, b])
+        t = torch.linspace(0, 1, steps + 2)
+        path = slerp(start, end, t) if method == "slerp" else (1 - t[:, None]) * start + t[:, None] * end
+        path[0], path[-1] = start, end
+        return self.decode(path, **decoding)
+
+    @torch.no_grad()
+    def score(self, sentences: list[str], iw_samples: int = 100, seed: int = 0,
+              batch_size: int = 64) -> tuple[torch.Tensor, torch.Tensor]:
+        """Per-sentence NLL in nats (IW estimate with `iw_samples`; 1 = single-sample ELBO) and
+        the number of predicted tokens (words + <eos>) of each sentence."""
+        if iw_samples < 1:
+            raise UserError(f"--iw-samples must be at least 1, got {iw_samples}")
+        ids = self.tokenize(sentences)
+        generator = torch.Generator(device=self.device).manual_seed(seed)
+        nll = torch.empty(len(ids))
+        tokens = torch.empty(len(ids), dtype=torch.long)
+        for positions, batch in self._batches(ids, batch_size):
+            nll[positions] = iw_nll(self.model, batch, iw_samples, generator=generator)[0].cpu()
+            tokens[positions] = target_tokens(batch).cpu()
+        return nll, tokens
+
+    def anomaly_threshold(self, percentile: float) -> float:
+        """NLL per token at `percentile` of the validation split (stored at export)."""
+        quantiles = self.extra.get("score_quantiles")
+        if not quantiles:
+            raise UserError("score: this model stores no validation quantiles; use --threshold instead")
+        if not 0 <= percentile <= 100:
+            raise UserError(f"--percentile must be in [0, 100], got {percentile}")
+        values = quantiles["nats_per_token"]
+        position = percentile / 100 * (len(values) - 1)
+        low = math.floor(position)
+        high = min(low + 1, len(values) - 1)
+        return values[low] + (values[high] - values[low]) * (position - low)
+
+
+def check_decoding(strategy: str, temperature: float, top_k: int | None, top_p: float | None, beam_size: int,
+                   max_length: int) -> None:
+    if strategy not in STRATEGIES:
+        raise UserError(f"--strategy must be one of {', '.join(STRATEGIES)}, got {strategy!r}")
+    if temperature <= 0:
+        raise UserError(f"--temperature must be > 0, got {temperature}")
+    if top_k is not None and top_k < 1:
+        raise UserError(f"--top-k must be at least 1, got {top_k}")
+    if top_p is not None and not 0 < top_p <= 1:
+        raise UserError(f"--top-p must be in (0, 1], got {top_p}")
+    if beam_size < 1:
+        raise UserError(f"--beam-size must be at least 1, got {beam_size}")
+    if max_length < 1:
+        raise UserError(f"--max-length must be at least 1, got {max_length}")

@@ -1,0 +1,270 @@
+"""The `textvae` command: argument parsing only, then calls into train.py and api.py.
+
+Results go to stdout, diagnostics to stderr. Errors a user can cause (`UserError`, bad
+arguments) print one line, `textvae: error: ...`, and exit with status 2; `--debug` shows the
+traceback instead. Interrupted training exits 130 (SIGINT) or 143 (SIGTERM) after saving.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import os
+import sys
+import warnings
+from pathlib import Path
+
+from textvae.errors import Interrupted, UserError
+
+log = logging.getLogger("textvae")
+
+
+class _Parser(argparse.ArgumentParser):
+    def error(self, message):  # one line instead of usage + message
+        raise UserError(f"{self.prog.replace('textvae ', '')}: {message}")
+
+
+class _Formatter(logging.Formatter):
+    def format(self, record):
+        prefix = "textvae: " if record.levelno < logging.WARNING else f"textvae: {record.levelname.lower()}: "
+        return prefix + record.getMessage()
+
+
+def read_input_lines(source: str) -> list[str]:
+    """Lines of FILE, or of stdin for '-'; non-UTF-8 bytes fail naming the line."""
+    if source == "-":
+        raw, name = sys.stdin.buffer.read(), "<stdin>"
+    else:
+        path = Path(source)
+        if not path.is_file():
+            raise UserError(f"input file not found: {source}")
+        raw, name = path.read_bytes(), source
+    try:
+        text = raw.decode("utf-8")
+    except UnicodeDecodeError as error:
+        line = raw[: error.start].count(b"\n") + 1
+        raise UserError(f"{name} line {line} is not valid UTF-8") from None
+    return text.splitlines()
+
+
+def _emit(lines, fmt: str = "text", key: str = "text") -> None:
+    for line in lines:
+        print(json.dumps({key: line}, ensure_ascii=False) if fmt == "jsonl" else line, flush=False)
+    sys.stdout.flush()
+
+
+def cmd_train(args, rest: list[str]) -> None:
+    from textvae.config import dump_config, load_config
+
+    config = load_config(args.config, rest)
+    if args.print_config:
+        print(dump_config(config), end="")
+        return
+    from textvae.train import train
+
+    run_dir = train(config, resume=args.resume, overwrite=args.overwrite)
+    log.info("run directory: %s", run_dir)
+
+
+def _decoding(args) -> dict:
+    return {"strategy": args.strategy, "temperature": args.temperature, "top_k": args.top_k, "top_p": args.top_p,
+            "beam_size": args.beam_size, "max_length": args.max_length}
+
+
+def _load(args):
+    from textvae.api import TextVAE
+
+    return TextVAE.from_pretrained(args.model)
+
+
+def cmd_generate(args, rest) -> None:
+    if args.n < 1:
+        raise UserError(f"--n must be at least 1, got {args.n}")
+    from textvae.api import check_decoding
+
+    check_decoding(**_decoding(args))
+    vae = _load(args)
+    _emit(vae.iter_samples(args.n, seed=args.seed, batch_size=args.batch_size, **_decoding(args)), args.format)
+
+
+def cmd_interpolate(args, rest) -> None:
+    vae = _load(args)
+    path = vae.interpolate(args.a, args.b, steps=args.steps, method=args.method, **_decoding(args))
+    _emit(path, args.format)
+
+
+def cmd_reconstruct(args, rest) -> None:
+    lines = read_input_lines(args.input)
+    vae = _load(args)
+    _emit(vae.reconstruct(lines, **_decoding(args)), args.format)
+
+
+def cmd_encode(args, rest) -> None:
+    import numpy as np
+
+    lines = read_input_lines(args.input)
+    vae = _load(args)
+    codes = vae.encode(lines).numpy().astype("float32")
+    out = Path(args.out)
+    tmp = out.with_name(f".{out.name}.tmp-{os.getpid()}.npy")
+    try:
+        np.save(tmp, codes)
+        os.replace(tmp, out)
+    except OSError as error:
+        tmp.unlink(missing_ok=True)
+        raise UserError(f"cannot write {out} ({error.strerror})") from None
+    log.info("wrote %d codes of size %d to %s", *codes.shape, out)
+
+
+def cmd_decode(args, rest) -> None:
+    import numpy as np
+
+    try:
+        codes = np.load(args.codes, allow_pickle=False)
+    except (OSError, ValueError) as error:
+        raise UserError(f"cannot read codes from {args.codes} ({error})") from None
+    vae = _load(args)
+    _emit(vae.decode(codes, **_decoding(args)), args.format)
+
+
+def cmd_score(args, rest) -> None:
+    lines = read_input_lines(args.input)
+    vae = _load(args)
+    threshold = args.threshold
+    if args.percentile is not None:
+        threshold = vae.anomaly_threshold(args.percentile)
+    nll, tokens = vae.score(lines, iw_samples=args.iw_samples, seed=args.seed)
+    for line, value, count in zip(lines, nll.tolist(), tokens.tolist()):
+        per_token = value / count
+        anomaly = None if threshold is None else per_token > threshold
+        if args.format == "jsonl":
+            print(json.dumps({"text": line, "nll": value, "nll_per_token": per_token, "tokens": count,
+                              "anomaly": anomaly}, ensure_ascii=False))
+        else:
+            flag = "-" if anomaly is None else ("ANOMALY" if anomaly else "ok")
+            print(f"{value:.3f}\t{per_token:.4f}\t{count}\t{flag}\t{line}")
+
+
+def cmd_evaluate(args, rest) -> None:
+    from textvae.train import evaluate_model
+
+    metrics = evaluate_model(args.model, args.split, args.iw_samples, args.seed)
+    if args.json:
+        print(json.dumps(metrics))
+        return
+    for key, value in metrics.items():
+        print(f"{key:<12} {value:.4f}" if isinstance(value, float) else f"{key:<12} {value}")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    common = _Parser(add_help=False)
+    common.add_argument("--debug", action="store_true", help="show tracebacks for errors")
+    parser = _Parser(prog="textvae", description="A text variational autoencoder for sentences.",
+                     parents=[common])
+    commands = parser.add_subparsers(dest="command", required=True, parser_class=_Parser)
+
+    train = commands.add_parser("train", parents=[common], help="train a model from a YAML config",
+                                description="Train; dotted flags override config keys, e.g. --model.latent_dim 32.")
+    train.add_argument("--config", required=True, help="YAML config file (see configs/)")
+    train.add_argument("--resume", action="store_true", help="continue from the run's checkpoints/last.ckpt")
+    train.add_argument("--overwrite", action="store_true", help="start again in an existing run directory")
+    train.add_argument("--print_config", action="store_true", help="print the merged config and exit")
+    train.set_defaults(handler=cmd_train)
+
+    model = _Parser(add_help=False)
+    model.add_argument("--model", default="runs/latest", help="model or run directory (default: runs/latest)")
+    decoding = _Parser(add_help=False)
+    decoding.add_argument("--strategy", default="greedy", help="greedy, sample or beam")
+    decoding.add_argument("--temperature", type=float, default=1.0, help="softmax temperature for sampling")
+    decoding.add_argument("--top-k", type=int, default=None, help="sample from the k most likely tokens")
+    decoding.add_argument("--top-p", type=float, default=None, help="nucleus sampling mass in (0, 1]")
+    decoding.add_argument("--beam-size", type=int, default=4, help="beams for --strategy beam")
+    decoding.add_argument("--max-length", type=int, default=50, help="longest output in tokens")
+    decoding.add_argument("--format", choices=("text", "jsonl"), default="text", help="output format")
+
+    generate = commands.add_parser("generate", parents=[common, model, decoding],
+                                   help="sample sentences from the prior")
+    generate.add_argument("--n", type=int, default=20, help="number of sentences")
+    generate.add_argument("--seed", type=int, default=None, help="random seed (same seed, same output)")
+    generate.add_argument("--batch-size", type=int, default=500, help="sentences decoded together")
+    generate.set_defaults(handler=cmd_generate, strategy="sample")
+
+    interpolate = commands.add_parser("interpolate", parents=[common, model, decoding],
+                                      help="decode the latent path between two sentences")
+    interpolate.add_argument("a", help="first sentence")
+    interpolate.add_argument("b", help="last sentence")
+    interpolate.add_argument("--steps", type=int, default=8, help="intermediate points")
+    interpolate.add_argument("--method", default="slerp", help="slerp or linear")
+    interpolate.set_defaults(handler=cmd_interpolate)
+
+    for name, handler, text in (("reconstruct", cmd_reconstruct, "encode (posterior mean) and decode each line"),
+                                ("encode", cmd_encode, "write each line's posterior mean to a .npy file")):
+        sub = commands.add_parser(name, parents=[common, model, decoding], help=text)
+        sub.add_argument("input", nargs="?", default="-", help="input file, one sentence per line (- for stdin)")
+        if name == "encode":
+            sub.add_argument("--out", required=True, help="output .npy file (float32, n x latent_dim)")
+        sub.set_defaults(handler=handler)
+
+    decode = commands.add_parser("decode", parents=[common, model, decoding], help="decode codes from a .npy file")
+    decode.add_argument("codes", help=".npy file written by textvae encode")
+    decode.set_defaults(handler=cmd_decode)
+
+    score = commands.add_parser("score", parents=[common, model], help="per-line NLL; flag anomalies")
+    score.add_argument("input", nargs="?", default="-", help="input file (- for stdin)")
+    score.add_argument("--iw-samples", type=int, default=100, help="importance samples K (1: single-sample ELBO)")
+    flag = score.add_mutually_exclusive_group()
+    flag.add_argument("--threshold", type=float, default=None, help="flag lines above X nats per token")
+    flag.add_argument("--percentile", type=float, default=None,
+                      help="flag lines above this percentile of the validation split's nats per token")
+    score.add_argument("--seed", type=int, default=0, help="random seed of the importance samples")
+    score.add_argument("--format", choices=("text", "jsonl"), default="text",
+                       help="text: nll, nll/token, tokens, flag, sentence (tab-separated)")
+    score.set_defaults(handler=cmd_score)
+
+    evaluate = commands.add_parser("evaluate", parents=[common, model], help="the metric table of SPEC §7")
+    evaluate.add_argument("--split", default="test", help="train, valid or test")
+    evaluate.add_argument("--iw-samples", type=int, default=500, help="importance samples K for nll/ppl")
+    evaluate.add_argument("--seed", type=int, default=0, help="random seed")
+    evaluate.add_argument("--json", action="store_true", help="print one JSON object")
+    evaluate.set_defaults(handler=cmd_evaluate)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    argv = sys.argv[1:] if argv is None else argv
+    debug = "--debug" in argv
+    handler = logging.StreamHandler(sys.stderr)
+    handler.setFormatter(_Formatter())
+    log.handlers[:] = [handler]
+    log.setLevel(logging.INFO)
+    log.propagate = False
+    if not debug:  # Lightning's start-up chatter (accelerator, tips) is noise for this tool
+        logging.getLogger("lightning.pytorch").setLevel(logging.WARNING)
+        logging.getLogger("lightning.fabric").setLevel(logging.WARNING)
+        warnings.filterwarnings("ignore", message=".*treespec.*LeafSpec.*")
+    try:
+        parser = build_parser()
+        args, rest = parser.parse_known_args(argv)
+        if rest and args.command != "train":
+            raise UserError(f"{args.command}: unrecognized arguments: {' '.join(rest)}")
+        args.handler(args, rest)
+    except UserError as error:
+        if debug:
+            raise
+        print(f"textvae: error: {error}", file=sys.stderr)
+        return 2
+    except BrokenPipeError:  # e.g. `textvae generate --n 1000 | head`
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return 0
+    except Interrupted as error:
+        print(f"textvae: {error}", file=sys.stderr)
+        return error.exit_status
+    except KeyboardInterrupt:
+        print("textvae: interrupted", file=sys.stderr)
+        return 130
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,396 @@
+"""Typed configuration: dataclass defaults <- YAML file <- dotted command-line flags.
+
+Every field has a default and a one-line comment; range checks live in `__post_init__`. Loading
+validates the whole tree before any work starts and reports problems as one-line `UserError`s
+that name the key (with the closest valid key for typos) or the YAML line. Flags follow the
+jsonargparse/LightningCLI convention (`--model.latent_dim 32`, values parsed as YAML); we walk
+the dataclasses ourselves rather than through jsonargparse so that every error is a single line
+naming the key, which jsonargparse's multi-line usage errors are not.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import difflib
+import types
+import typing
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Literal, Optional, Union
+
+import yaml
+
+from textvae.errors import UserError
+
+PTB_ARCHIVE_URL = "http://www.fit.vutbr.cz/~imikolov/rnnlm/simple-examples.tgz"
+
+
+def _require(ok: bool, key: str, message: str, value: Any) -> None:
+    if not ok:
+        raise UserError(f"config: {key} {message}, got {value!r}")
+
+
+@dataclass
+class DataConfig:
+    dataset: Literal["ptb", "text"] = "ptb"  # ptb: Mikolov's split from `root`; text: your own files
+    root: str = "data/ptb"  # where the PTB files live (downloaded here once if absent)
+    download_url: str = PTB_ARCHIVE_URL  # Mikolov's simple-examples.tgz, fetched when PTB is absent
+    train_file: Optional[str] = None  # dataset=text: one sentence per line, UTF-8
+    valid_file: Optional[str] = None  # dataset=text: validation sentences
+    test_file: Optional[str] = None  # dataset=text: test sentences
+    tokenizer: Literal["word", "bpe"] = "word"  # word: whitespace WordLevel (PTB); bpe: byte-level BPE
+    vocab_size: int = 10000  # bpe only: target vocabulary size including special tokens
+    min_frequency: int = 1  # word types seen fewer times in train map to <unk>
+    limit: Optional[int] = None  # use only the first N sentences of each split (quick experiments)
+    max_length: int = 96  # training sentences longer than this many tokens are truncated (counted)
+    batch_size: int = 64  # sentences per training batch (per device)
+    eval_batch_size: int = 256  # sentences per evaluation batch
+    bucket_pool: int = 100  # batches per sorting pool: bigger pools pad less, shuffle less
+    num_workers: int = 0  # DataLoader workers; batches are cheap tensors, so 0 is usually fastest
+
+    def __post_init__(self):
+        _require(self.vocab_size >= 260, "data.vocab_size", "must be >= 260", self.vocab_size)
+        _require(self.min_frequency >= 1, "data.min_frequency", "must be >= 1", self.min_frequency)
+        _require(self.limit is None or self.limit >= 1, "data.limit", "must be >= 1 or null", self.limit)
+        _require(self.max_length >= 2, "data.max_length", "must be >= 2", self.max_length)
+        _require(self.batch_size >= 1, "data.batch_size", "must be >= 1", self.batch_size)
+        _require(self.eval_batch_size >= 1, "data.eval_batch_size", "must be >= 1", self.eval_batch_size)
+        _require(self.bucket_pool >= 1, "data.bucket_pool", "must be >= 1", self.bucket_pool)
+        _require(self.num_workers >= 0, "data.num_workers", "must be >= 0", self.num_workers)
+
+
+@dataclass
+class EncoderConfig:
+    layers: int = 2  # transformer encoder layers
+    heads: int = 4  # attention heads; must divide width
+    width: int = 256  # model width (token embedding size of the encoder)
+    feedforward: int = 1024  # hidden size of each feed-forward block
+    dropout: float = 0.1  # dropout inside the encoder layers
+    max_positions: int = 512  # longest sentence the learned position table covers
+
+    def __post_init__(self):
+        _require(self.layers >= 1, "model.encoder.layers", "must be >= 1", self.layers)
+        _require(self.width >= 1 and self.heads >= 1 and self.width % self.heads == 0,
+                 "model.encoder.heads", f"must divide model.encoder.width={self.width}", self.heads)
+        _require(self.feedforward >= 1, "model.encoder.feedforward", "must be >= 1", self.feedforward)
+        _require(0.0 <= self.dropout < 1.0, "model.encoder.dropout", "must be in [0, 1)", self.dropout)
+        _require(self.max_positions >= 2, "model.encoder.max_positions", "must be >= 2", self.max_positions)
+
+
+@dataclass
+class DecoderConfig:
+    type: Literal["gru", "transformer"] = "gru"  # decoder family
+    layers: int = 1  # GRU or transformer layers
+    hidden: int = 512  # GRU hidden size / transformer width
+    embed_dim: int = 256  # input token embedding size (gru; transformer uses `hidden`)
+    heads: int = 4  # transformer attention heads; must divide hidden
+    feedforward: int = 1024  # transformer feed-forward size
+    dropout: float = 0.3  # dropout on embeddings and decoder outputs
+    z_init_hidden: bool = True  # gru: z sets the initial hidden state of every layer
+    z_concat_input: bool = True  # gru: z is concatenated to every input embedding
+    z_cross_attention: bool = True  # transformer: z is the cross-attention memory
+    z_add_input: bool = True  # transformer: a projection of z is added to every input embedding
+    memory_slots: int = 4  # transformer: z is projected to this many memory vectors
+    tie_embeddings: bool = True  # share input embedding and output projection weights
+    max_positions: int = 512  # transformer: longest sequence the position table covers
+
+    def __post_init__(self):
+        _require(self.type in ("gru", "transformer"), "model.decoder.type",
+                 "must be 'gru' or 'transformer'", self.type)
+        _require(self.layers >= 1, "model.decoder.layers", "must be >= 1", self.layers)
+        _require(self.hidden >= 1, "model.decoder.hidden", "must be >= 1", self.hidden)
+        _require(self.embed_dim >= 1, "model.decoder.embed_dim", "must be >= 1", self.embed_dim)
+        if self.type == "transformer":
+            _require(self.heads >= 1 and self.hidden % self.heads == 0, "model.decoder.heads",
+                     f"must divide model.decoder.hidden={self.hidden}", self.heads)
+            _require(self.z_cross_attention or self.z_add_input, "model.decoder.z_add_input",
+                     "must be true when z_cross_attention is false (z would be ignored)", self.z_add_input)
+        else:
+            _require(self.z_init_hidden or self.z_concat_input, "model.decoder.z_concat_input",
+                     "must be true when z_init_hidden is false (z would be ignored)", self.z_concat_input)
+        _require(self.feedforward >= 1, "model.decoder.feedforward", "must be >= 1", self.feedforward)
+        _require(0.0 <= self.dropout < 1.0, "model.decoder.dropout", "must be in [0, 1)", self.dropout)
+        _require(self.memory_slots >= 1, "model.decoder.memory_slots", "must be >= 1", self.memory_slots)
+        _require(self.max_positions >= 2, "model.decoder.max_positions", "must be >= 2", self.max_positions)
+
+
+@dataclass
+class ModelConfig:
+    latent_dim: int = 32  # size of the Gaussian code z
+    word_dropout: float = 0.25  # probability a decoder input token (not <bos>/pad) becomes <unk>
+    encoder: EncoderConfig = field(default_factory=EncoderConfig)  # the inference network q(z|x)
+    decoder: DecoderConfig = field(default_factory=DecoderConfig)  # the generative network p(x|z)
+
+    def __post_init__(self):
+        _require(self.latent_dim >= 1, "model.latent_dim", "must be > 0", self.latent_dim)
+        _require(0.0 <= self.word_dropout <= 1.0, "model.word_dropout", "must be in [0, 1]", self.word_dropout)
+
+
+@dataclass
+class OptimConfig:
+    optimizer: Literal["adam", "adamw"] = "adamw"  # torch.optim.Adam or AdamW
+    lr: float = 1e-3  # peak learning rate
+    weight_decay: float = 0.0  # decoupled for adamw, L2 for adam
+    betas: list[float] = field(default_factory=lambda: [0.9, 0.999])  # Adam moment decay rates
+    warmup_steps: int = 0  # linear learning-rate warm-up from 0
+    scheduler: Literal["constant", "cosine"] = "constant"  # after warm-up: constant, or cosine to min_lr_ratio
+    min_lr_ratio: float = 0.1  # cosine floor as a fraction of lr
+
+    def __post_init__(self):
+        _require(self.optimizer in ("adam", "adamw"), "optim.optimizer", "must be 'adam' or 'adamw'", self.optimizer)
+        _require(self.lr > 0, "optim.lr", "must be > 0", self.lr)
+        _require(self.weight_decay >= 0, "optim.weight_decay", "must be >= 0", self.weight_decay)
+        _require(len(self.betas) == 2 and all(0 <= b < 1 for b in self.betas), "optim.betas",
+                 "must be two numbers in [0, 1)", self.betas)
+        _require(self.warmup_steps >= 0, "optim.warmup_steps", "must be >= 0", self.warmup_steps)
+        _require(self.scheduler in ("constant", "cosine"), "optim.scheduler",
+                 "must be 'constant' or 'cosine'", self.scheduler)
+        _require(0 <= self.min_lr_ratio <= 1, "optim.min_lr_ratio", "must be in [0, 1]", self.min_lr_ratio)
+
+
+KL_SCHEDULES = ("constant", "linear", "logistic", "cyclical")
+
+
+@dataclass
+class KLConfig:
+    schedule: Literal["constant", "linear", "logistic", "cyclical"] = "linear"  # how beta rises with steps
+    max_beta: float = 1.0  # final (or constant) KL weight
+    warmup_steps: int = 10000  # linear: steps from 0 to max_beta
+    k: float = 0.0025  # logistic: steepness (Bowman et al. 2016)
+    x0: int = 2500  # logistic: step at which beta = max_beta / 2
+    cycles: int = 4  # cyclical: number of cycles over total_steps (Fu et al. 2019)
+    total_steps: int = 20000  # cyclical: steps the cycles span; beta stays max_beta afterwards
+    ratio: float = 0.5  # cyclical: share R of each cycle spent rising
+    free_bits: float = 0.0  # per-dimension KL floor in nats (0 disables)
+
+    def __post_init__(self):
+        _require(self.schedule in KL_SCHEDULES, "kl.schedule", f"must be one of {', '.join(KL_SCHEDULES)}",
+                 self.schedule)
+        _require(self.max_beta >= 0, "kl.max_beta", "must be >= 0", self.max_beta)
+        _require(self.warmup_steps >= 0, "kl.warmup_steps", "must be >= 0", self.warmup_steps)
+        _require(self.k > 0, "kl.k", "must be > 0", self.k)
+        _require(self.cycles >= 1, "kl.cycles", "must be >= 1", self.cycles)
+        _require(self.total_steps >= 1, "kl.total_steps", "must be >= 1", self.total_steps)
+        _require(0 < self.ratio <= 1, "kl.ratio", "must be in (0, 1]", self.ratio)
+        _require(self.free_bits >= 0, "kl.free_bits", "must be >= 0", self.free_bits)
+
+
+@dataclass
+class TrainerConfig:
+    max_epochs: int = 10  # passes over the training data
+    max_steps: int = -1  # stop after this many optimizer steps (-1: no limit)
+    accelerator: str = "auto"  # cpu, gpu, mps or auto
+    devices: Union[int, str, list[int]] = "auto"  # device count, list of ids, or auto
+    strategy: str = "auto"  # auto, ddp, ddp_spawn, fsdp, ...
+    num_nodes: int = 1  # machines for multi-node DDP
+    precision: str = "32-true"  # 32-true, bf16-mixed (GPU, or CPU autocast), 16-mixed (GPU)
+    gradient_clip_val: float = 1.0  # clip the gradient norm to this (0 disables)
+    accumulate_grad_batches: int = 1  # batches per optimizer step
+    log_every_n_steps: int = 50  # how often training metrics reach the CSV log
+    val_check_interval: Union[int, float] = 1.0  # float: share of an epoch; int: steps between validations
+    limit_train_batches: Union[int, float] = 1.0  # train on a share (float) or number (int) of batches
+    limit_val_batches: Union[int, float] = 1.0  # validate on a share or number of batches
+    enable_progress_bar: Optional[bool] = None  # None: a bar on a terminal, quiet when piped
+    checkpoint_every_n_steps: int = 500  # also save last.ckpt every this many steps (crash recovery)
+
+    def __post_init__(self):
+        _require(self.max_epochs >= -1, "trainer.max_epochs", "must be >= -1", self.max_epochs)
+        _require(self.num_nodes >= 1, "trainer.num_nodes", "must be >= 1", self.num_nodes)
+        _require(self.gradient_clip_val >= 0, "trainer.gradient_clip_val", "must be >= 0", self.gradient_clip_val)
+        _require(self.accumulate_grad_batches >= 1, "trainer.accumulate_grad_batches", "must be >= 1",
+                 self.accumulate_grad_batches)
+        _require(self.log_every_n_steps >= 1, "trainer.log_every_n_steps", "must be >= 1", self.log_every_n_steps)
+        _require(self.checkpoint_every_n_steps >= 1, "trainer.checkpoint_every_n_steps", "must be >= 1",
+                 self.checkpoint_every_n_steps)
+
+    def lightning_kwargs(self) -> dict:
+        """The arguments for `lightning.Trainer` (our own extras removed)."""
+        kwargs = dataclasses.asdict(self)
+        del kwargs["checkpoint_every_n_steps"]
+        kwargs["gradient_clip_val"] = self.gradient_clip_val or None
+        return kwargs
+
+
+@dataclass
+class EvalConfig:
+    iw_samples: int = 50  # K for the IW-NLL written to metrics.json after training (500 for papers)
+    prior_samples: int = 1000  # prior samples for distinct-n and novelty
+    bleu_sentences: int = 1000  # sentences whose greedy reconstructions give rec_bleu (0: whole split)
+    num_samples_txt: int = 20  # prior samples written to samples.txt
+
+    def __post_init__(self):
+        _require(self.iw_samples >= 1, "eval.iw_samples", "must be >= 1", self.iw_samples)
+        _require(self.prior_samples >= 1, "eval.prior_samples", "must be >= 1", self.prior_samples)
+        _require(self.bleu_sentences >= 0, "eval.bleu_sentences", "must be >= 0", self.bleu_sentences)
+        _require(self.num_samples_txt >= 0, "eval.num_samples_txt", "must be >= 0", self.num_samples_txt)
+
+
+@dataclass
+class Config:
+    seed: int = 0  # seeds data order, initialisation and sampling
+    output_dir: Optional[str] = None  # run directory; None: runs/<config file name>
+    data: DataConfig = field(default_factory=DataConfig)  # corpus, tokenizer, batching
+    model: ModelConfig = field(default_factory=ModelConfig)  # encoder, decoder, latent
+    optim: OptimConfig = field(default_factory=OptimConfig)  # optimizer and learning-rate schedule
+    kl: KLConfig = field(default_factory=KLConfig)  # KL weight schedule and free bits
+    trainer: TrainerConfig = field(default_factory=TrainerConfig)  # passed to lightning.Trainer
+    eval: EvalConfig = field(default_factory=EvalConfig)  # metrics computed after training
+
+    def to_dict(self) -> dict:
+        return dataclasses.asdict(self)
+
+
+# ---------------------------------------------------------------------------------------------
+# building dataclasses from plain dicts, with one-line errors
+
+
+def _type_ok(value: Any, annotation: Any) -> tuple[bool, Any]:
+    """Whether `value` fits `annotation`; returns (ok, value converted where harmless)."""
+    origin = typing.get_origin(annotation)
+    if annotation is Any:
+        return True, value
+    if origin in (Union, types.UnionType):
+        for option in typing.get_args(annotation):
+            ok, converted = _type_ok(value, option)
+            if ok:
+                return True, converted
+        return False, value
+    if origin is Literal:
+        return value in typing.get_args(annotation), value
+    if annotation is type(None):
+        return value is None, value
+    if annotation is bool:
+        return isinstance(value, bool), value
+    if annotation is int:
+        return isinstance(value, int) and not isinstance(value, bool), value
+    if annotation is float:
+        if isinstance(value, (int, float)) and not isinstance(value, bool):
+            return True, float(value)
+        return False, value
+    if annotation is str:
+        return isinstance(value, str), value
+    if origin in (list, tuple):
+        if not isinstance(value, (list, tuple)):
+            return False, value
+        args = typing.get_args(annotation)
+        if origin is tuple and len(args) != len(value):
+            return False, value
+        item_types = args if origin is tuple else [args[0]] * len(value)
+        converted = []
+        for item, item_type in zip(value, item_types):
+            ok, item = _type_ok(item, item_type)
+            if not ok:
+                return False, value
+            converted.append(item)
+        return True, origin(converted)
+    raise TypeError(f"unsupported config annotation {annotation!r}")
+
+
+def _describe(annotation: Any) -> str:
+    if typing.get_origin(annotation) is Literal:
+        return " or ".join(repr(a) for a in typing.get_args(annotation))
+    text = str(annotation).replace("typing.", "")
+    return getattr(annotation, "__name__", text) if not typing.get_args(annotation) else text
+
+
+def from_dict(cls: type, values: dict, prefix: str = "") -> Any:
+    """Build dataclass `cls` from nested dicts, rejecting unknown keys and wrong types."""
+    if not isinstance(values, dict):
+        raise UserError(f"config: {prefix.rstrip('.') or 'top level'} must be a mapping, got {values!r}")
+    hints = typing.get_type_hints(cls)
+    names = [f.name for f in dataclasses.fields(cls)]
+    kwargs = {}
+    for key, value in values.items():
+        if key not in names:
+            close = difflib.get_close_matches(str(key), names, n=1, cutoff=0.5)
+            hint = f" (did you mean {prefix}{close[0]}?)" if close else f" (valid keys: {', '.join(names)})"
+            raise UserError(f"config: unknown key {prefix}{key}{hint}")
+        annotation = hints[key]
+        if dataclasses.is_dataclass(annotation):
+            kwargs[key] = from_dict(annotation, value or {}, f"{prefix}{key}.")
+            continue
+        ok, converted = _type_ok(value, annotation)
+        if not ok:
+            raise UserError(f"config: {prefix}{key} must be {_describe(annotation)}, got {value!r}")
+        kwargs[key] = converted
+    return cls(**kwargs)
+
+
+def _read_yaml(path: Path) -> dict:
+    if not path.is_file():
+        raise UserError(f"config: file not found: {path}")
+    try:
+        loaded = yaml.safe_load(path.read_text(encoding="utf-8"))
+    except yaml.YAMLError as error:
+        mark = getattr(error, "problem_mark", None)
+        where = f" line {mark.line + 1}" if mark is not None else ""
+        problem = getattr(error, "problem", None) or str(error).splitlines()[0]
+        raise UserError(f"config: YAML syntax error in {path}{where}: {problem}") from None
+    except UnicodeDecodeError:
+        raise UserError(f"config: {path} is not UTF-8 text") from None
+    if loaded is None:
+        return {}
+    if not isinstance(loaded, dict):
+        raise UserError(f"config: {path} must hold a mapping of sections, got {type(loaded).__name__}")
+    return loaded
+
+
+def _set_dotted(tree: dict, dotted: str, value: Any) -> None:
+    node = tree
+    parts = dotted.split(".")
+    for part in parts[:-1]:
+        child = node.get(part)
+        if not isinstance(child, dict):
+            child = node[part] = {}
+        node = child
+    node[parts[-1]] = value
+
+
+def parse_overrides(args: list[str]) -> dict:
+    """`--a.b VALUE` / `--a.b=VALUE` pairs to a nested dict; values are parsed as YAML scalars."""
+    tree: dict = {}
+    position = 0
+    while position < len(args):
+        arg = args[position]
+        if not arg.startswith("--") or len(arg) == 2:
+            raise UserError(f"unexpected argument {arg!r} (overrides look like --model.latent_dim 32)")
+        if "=" in arg:
+            key, text = arg[2:].split("=", 1)
+            position += 1
+        else:
+            if position + 1 >= len(args):
+                raise UserError(f"{arg} needs a value")
+            key, text = arg[2:], args[position + 1]
+            position += 2
+        try:
+            value = yaml.safe_load(text)
+        except yaml.YAMLError:
+            value = text
+        _set_dotted(tree, key, value)
+    return tree
+
+
+def _merge(base: dict, update: dict) -> dict:
+    merged = dict(base)
+    for key, value in update.items():
+        if isinstance(value, dict) and isinstance(merged.get(key), dict):
+            merged[key] = _merge(merged[key], value)
+        else:
+            merged[key] = value
+    return merged
+
+
+def load_config(path: str | Path | None = None, overrides: list[str] | dict | None = None) -> Config:
+    """Defaults <- YAML `path` <- `overrides` (dotted flags or a nested dict), validated."""
+    tree = _read_yaml(Path(path)) if path is not None else {}
+    if isinstance(overrides, list):
+        overrides = parse_overrides(overrides)
+    tree = _merge(tree, overrides or {})
+    config = from_dict(Config, tree)
+    if config.output_dir is None:
+        config.output_dir = str(Path("runs") / (Path(path).stem if path is not None else "default"))
+    return config
+
+
+def dump_config(config: Config) -> str:
+    return yaml.safe_dump(config.to_dict(), sort_keys=False)

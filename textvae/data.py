@@ -1,0 +1,323 @@
+"""Corpora, tokenisation and length-bucketed batches, wrapped in a `LightningDataModule`.
+
+- PTB (`data.dataset: ptb`): Mikolov's three files in `data.root`, MD5-verified; when absent
+  they are downloaded once from `data.download_url` (the original simple-examples archive)
+  into a temporary directory and moved into place, so a broken download leaves nothing behind.
+- Text files (`data.dataset: text`): one UTF-8 sentence per line. Files are checked byte-wise
+  first so that a bad byte is reported with its line number, then read and tokenised through
+  HF `datasets` (cached between runs).
+- Empty lines are skipped and counted; training sentences over `data.max_length` tokens are
+  truncated and counted; validation and test keep full sentences.
+- `BucketBatchSampler` groups sentences of similar length (padding ~1% instead of ~40%) and
+  shards whole batches across DDP ranks itself, so Lightning's distributed-sampler
+  replacement is switched off (`use_distributed_sampler=False` in train.py).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+import os
+import shutil
+import sys
+import tarfile
+import tempfile
+import urllib.error
+import urllib.request
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import lightning as L
+import torch
+from torch.utils.data import DataLoader, Sampler
+
+from textvae.config import Config, DataConfig
+from textvae.errors import UserError
+from textvae.tokenizer import PAD_ID, encode_batch, frame, train_tokenizer
+
+log = logging.getLogger("textvae")
+
+SPLITS = ("train", "valid", "test")
+PTB_MD5 = {
+    "train": "f26c4b92c5fdc7b3f8c7cdcb991d8420",
+    "valid": "aa0affc06ff7c36e977d7cd49e3839bf",
+    "test": "8b80168b89c18661a38ef683c0dc3721",
+}
+
+
+def md5sum(path: Path) -> str:
+    digest = hashlib.md5()
+    with open(path, "rb") as handle:
+        for block in iter(lambda: handle.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def _download(url: str, destination: Path) -> None:
+    from tqdm.auto import tqdm
+
+    with urllib.request.urlopen(url, timeout=60) as response, open(destination, "wb") as out:
+        total = int(response.headers.get("Content-Length") or 0) or None
+        with tqdm(total=total, unit="B", unit_scale=True, desc="downloading PTB",
+                  disable=not sys.stderr.isatty()) as bar:
+            for block in iter(lambda: response.read(1 << 16), b""):
+                out.write(block)
+                bar.update(len(block))
+
+
+def download_ptb(root: Path, url: str) -> None:
+    """Fetch Mikolov's archive, verify the three files and move them into `root` atomically."""
+    root.mkdir(parents=True, exist_ok=True)
+    with tempfile.TemporaryDirectory(dir=root, prefix=".download-") as tmp:
+        archive = Path(tmp) / "ptb.tgz"
+        try:
+            _download(url, archive)
+        except (urllib.error.URLError, OSError, ValueError) as error:
+            reason = getattr(error, "reason", error)
+            raise UserError(
+                f"data: PTB is not in {root} and downloading {url} failed ({reason}); put ptb.train.txt, "
+                f"ptb.valid.txt and ptb.test.txt in {root} (scripts/get_data.sh links them from ../shared/data/ptb)"
+            ) from None
+        try:
+            with tarfile.open(archive) as tar:
+                members = {Path(m.name).name: m for m in tar.getmembers() if m.isfile()}
+                for split in SPLITS:
+                    name = f"ptb.{split}.txt"
+                    if name not in members:
+                        raise UserError(f"data: the archive at {url} has no {name}")
+                    with tar.extractfile(members[name]) as source, open(Path(tmp) / name, "wb") as target:
+                        shutil.copyfileobj(source, target)
+        except tarfile.TarError as error:
+            raise UserError(f"data: the download from {url} is not a valid archive ({error})") from None
+        for split in SPLITS:
+            got = md5sum(Path(tmp) / f"ptb.{split}.txt")
+            if got != PTB_MD5[split]:
+                raise UserError(f"data: downloaded ptb.{split}.txt has MD5 {got}, expected {PTB_MD5[split]}")
+        for split in SPLITS:
+            os.replace(Path(tmp) / f"ptb.{split}.txt", root / f"ptb.{split}.txt")
+
+
+def ptb_files(root: Path, url: str) -> dict[str, Path]:
+    """The verified PTB split files, downloading them first if none are present."""
+    paths = {split: root / f"ptb.{split}.txt" for split in SPLITS}
+    if not any(path.exists() for path in paths.values()):
+        download_ptb(root, url)
+    for split, path in paths.items():
+        if not path.is_file():
+            raise UserError(f"data: {path} is missing (the other PTB files are in {root}); copy all three there")
+        got = md5sum(path)
+        if got != PTB_MD5[split]:
+            raise UserError(f"data: {path} has MD5 {got}, expected {PTB_MD5[split]} (corrupted or not Mikolov's PTB;"
+                            f" delete it to download it again)")
+    return paths
+
+
+def split_files(config: DataConfig) -> dict[str, Path]:
+    if config.dataset == "ptb":
+        return ptb_files(Path(config.root), config.download_url)
+    files = {"train": config.train_file, "valid": config.valid_file, "test": config.test_file}
+    missing = [f"data.{split}_file" for split, path in files.items() if path is None]
+    if missing:
+        raise UserError(f"config: data.dataset is 'text' but {', '.join(missing)} is not set")
+    return {split: Path(path) for split, path in files.items()}
+
+
+def check_text_file(path: Path) -> None:
+    """Fail with the file and line of the first problem: missing, empty, not UTF-8."""
+    if not path.is_file():
+        raise UserError(f"data: file not found: {path}")
+    raw = path.read_bytes()
+    if not raw.strip():
+        raise UserError(f"data: {path} is empty")
+    try:
+        raw.decode("utf-8")
+    except UnicodeDecodeError as error:
+        line = raw[: error.start].count(b"\n") + 1
+        raise UserError(f"data: {path} line {line} is not valid UTF-8 (byte {raw[error.start]:#04x})") from None
+
+
+def read_sentences(path: Path, limit: int | None = None) -> tuple[list[str], int]:
+    """Non-empty lines of `path` (the first `limit` of them) through HF datasets (cached), and how
+    many empty lines were skipped."""
+    import datasets
+
+    check_text_file(path)
+    datasets.utils.logging.set_verbosity_error()
+    if not sys.stderr.isatty():
+        datasets.disable_progress_bars()
+    table = datasets.load_dataset("text", data_files=str(path.resolve()), split="train")
+    lines = table["text"]
+    sentences = [line for line in lines if line.strip()]
+    skipped = len(lines) - len(sentences)
+    return sentences[:limit], skipped
+
+
+@dataclass
+class Split:
+    """One tokenised split: framed ids per sentence, plus what filtering did to it."""
+
+    name: str
+    path: Path
+    ids: list[list[int]]
+    skipped_empty: int = 0
+    truncated: int = 0
+    lengths: list[int] = field(default_factory=list)  # framed lengths (words + <bos> + <eos>)
+
+    def __post_init__(self):
+        self.lengths = [len(ids) for ids in self.ids]
+
+
+def tokenize_split(name: str, path: Path, sentences: list[str], skipped: int, tokenizer,
+                   max_length: int | None) -> Split:
+    if not sentences:
+        raise UserError(f"data: the {name} split ({path}) is empty after skipping empty lines")
+    words = encode_batch(tokenizer, sentences)
+    truncated = sum(len(ids) > max_length for ids in words) if max_length else 0
+    split = Split(name, path, [frame(ids, max_length) for ids in words], skipped, truncated)
+    if skipped:
+        log.info("data: skipped %d empty lines in %s", skipped, path)
+    if truncated:
+        log.warning("data: truncated %d of %d %s sentences to data.max_length=%d tokens",
+                    truncated, len(words), name, max_length)
+    return split
+
+
+def load_corpus(config: DataConfig, tokenizer=None, splits=SPLITS):
+    """Read and tokenise the splits; trains the tokenizer on train when none is given."""
+    files = split_files(config)
+    raw = {split: read_sentences(files[split], config.limit) for split in splits}
+    if tokenizer is None:
+        train_sentences = raw["train"][0] if "train" in raw else read_sentences(files["train"], config.limit)[0]
+        tokenizer = train_tokenizer(train_sentences, config.tokenizer, config.vocab_size, config.min_frequency)
+    corpus = {
+        split: tokenize_split(split, files[split], sentences, skipped, tokenizer,
+                              config.max_length if split == "train" else None)
+        for split, (sentences, skipped) in raw.items()
+    }
+    return corpus, tokenizer
+
+
+class BucketBatchSampler(Sampler[list[int]]):
+    """Batches of similar-length sentences, sharded by whole batches across `num_replicas` ranks.
+
+    Each epoch: shuffle all indices with `seed + epoch`, sort pools of `pool` batches by length,
+    cut them into batches and shuffle the batch order. Every rank builds the same batch list and
+    takes every `num_replicas`-th batch, so shards are disjoint and cover every sentence exactly
+    once; to give each rank the same number of steps (DDP would hang otherwise) the largest
+    batches are halved until the count divides evenly. Without shuffling, all sentences are
+    sorted by length (evaluation).
+    """
+
+    def __init__(self, lengths: list[int], batch_size: int, shuffle: bool = True, seed: int = 0,
+                 pool: int = 100, num_replicas: int = 1, rank: int = 0):
+        if len(lengths) < num_replicas:
+            raise UserError(f"data: {len(lengths)} sentences cannot be split across {num_replicas} devices")
+        self.lengths = torch.as_tensor(lengths)
+        self.batch_size, self.shuffle, self.seed, self.pool = batch_size, shuffle, seed, pool
+        self.num_replicas, self.rank = num_replicas, rank
+        self.epoch = 0
+        # Lightning calls set_epoch on `dataloader.batch_sampler.sampler`; point it here.
+        self.sampler = self
+        self._length = len(self._all_batches())
+
+    def set_epoch(self, epoch: int) -> None:
+        self.epoch = epoch
+
+    def _all_batches(self) -> list[list[int]]:
+        generator = torch.Generator().manual_seed(self.seed + self.epoch)
+        count = len(self.lengths)
+        if self.shuffle:
+            order = torch.randperm(count, generator=generator)
+            pool_size = self.batch_size * self.pool
+        else:
+            order = torch.arange(count)
+            pool_size = count
+        batches = []
+        for start in range(0, count, pool_size):
+            pool = order[start: start + pool_size]
+            pool = pool[torch.argsort(self.lengths[pool], stable=True)]
+            batches.extend(pool.split(self.batch_size))
+        if self.shuffle:
+            batches = [batches[i] for i in torch.randperm(len(batches), generator=generator)]
+        while len(batches) % self.num_replicas:
+            largest = max(range(len(batches)), key=lambda i: len(batches[i]))
+            half = len(batches[largest]) // 2
+            batches[largest: largest + 1] = [batches[largest][:half], batches[largest][half:]]
+        return [batch.tolist() for batch in batches]
+
+    def __iter__(self):
+        yield from self._all_batches()[self.rank:: self.num_replicas]
+
+    def __len__(self) -> int:
+        return self._length // self.num_replicas
+
+
+def collate(batch: list[tuple[int, list[int]]]) -> dict[str, torch.Tensor]:
+    """Pad framed sentences to the batch maximum; keep their corpus indices."""
+    indices, sequences = zip(*batch)
+    width = max(len(ids) for ids in sequences)
+    tokens = torch.full((len(sequences), width), PAD_ID, dtype=torch.long)
+    for row, ids in enumerate(sequences):
+        tokens[row, : len(ids)] = torch.tensor(ids)
+    return {"tokens": tokens, "index": torch.tensor(indices)}
+
+
+class _Indexed(torch.utils.data.Dataset):
+    def __init__(self, ids: list[list[int]]):
+        self.ids = ids
+
+    def __len__(self):
+        return len(self.ids)
+
+    def __getitem__(self, index):
+        return index, self.ids[index]
+
+
+def make_loader(ids: list[list[int]], batch_size: int, shuffle: bool, seed: int = 0, pool: int = 100,
+                num_replicas: int = 1, rank: int = 0, num_workers: int = 0) -> DataLoader:
+    sampler = BucketBatchSampler([len(x) for x in ids], batch_size, shuffle, seed, pool, num_replicas, rank)
+    return DataLoader(_Indexed(ids), batch_sampler=sampler, collate_fn=collate, num_workers=num_workers,
+                      persistent_workers=num_workers > 0)
+
+
+def padding_share(loader: DataLoader) -> float:
+    """Share of predicted positions (all but <bos>) in the loader's batches that are padding."""
+    real = total = 0
+    for batch in loader:
+        targets = batch["tokens"][:, 1:]
+        real += int((targets != PAD_ID).sum())
+        total += targets.numel()
+    return 1.0 - real / total
+
+
+class TextDataModule(L.LightningDataModule):
+    """Train/valid/test loaders for a config; the tokenizer is trained on train unless given."""
+
+    def __init__(self, config: Config, tokenizer=None):
+        super().__init__()
+        self.config = config
+        self.tokenizer = tokenizer
+        self.corpus: dict[str, Split] = {}
+
+    def prepare_data(self):
+        split_files(self.config.data)  # downloads PTB once, on the main process only
+
+    def setup(self, stage: str | None = None):
+        if not self.corpus:
+            self.corpus, self.tokenizer = load_corpus(self.config.data, self.tokenizer)
+
+    def _loader(self, split: str, shuffle: bool, batch_size: int) -> DataLoader:
+        trainer = self.trainer
+        world, rank = (trainer.world_size, trainer.global_rank) if trainer is not None else (1, 0)
+        data = self.config.data
+        return make_loader(self.corpus[split].ids, batch_size, shuffle, self.config.seed, data.bucket_pool,
+                           world, rank, data.num_workers)
+
+    def train_dataloader(self):
+        return self._loader("train", True, self.config.data.batch_size)
+
+    def val_dataloader(self):
+        return self._loader("valid", False, self.config.data.eval_batch_size)
+
+    def test_dataloader(self):
+        return self._loader("test", False, self.config.data.eval_batch_size)

@@ -1,0 +1,17 @@
+"""The one exception type for errors a user can cause.
+
+The CLI turns a `UserError` into a single line on stderr and exit status 2; anything else is a
+bug and keeps its traceback.
+"""
+
+
+class UserError(Exception):
+    """Bad input from the user: config, data, model directory or command-line arguments."""
+
+
+class Interrupted(Exception):
+    """Training stopped by SIGINT/SIGTERM after saving its last checkpoint."""
+
+    def __init__(self, message: str, exit_status: int):
+        super().__init__(message)
+        self.exit_status = exit_status

@@ -1,0 +1,113 @@
+"""Text-VAE metrics as pure, no-grad functions (definitions as in SPEC §7 and the literature).
+
+Pitfalls worth knowing:
+- `iw_nll` encodes each sentence once and evaluates K codes per sentence in large decoder
+  batches; the estimate is a stochastic upper bound on -log p(x) that tightens as K grows
+  (K = 1 is the single-sample ELBO). Weights are combined with logsumexp.
+- `mutual_information` needs the aggregate posterior over the *whole split*: computing it on
+  one batch caps MI at log(batch size) and biases it low.
+- `active_units` uses the variance over the split of posterior means (Burda et al. 2016).
+- `ppl` divides by the number of predicted tokens: words plus one `<eos>` per sentence.
+"""
+
+from __future__ import annotations
+
+import math
+from collections import Counter
+from typing import Iterable
+
+import torch
+
+from textvae.model import VAE
+from textvae.tokenizer import PAD_ID
+
+LOG_2PI = math.log(2 * math.pi)
+
+
+def gaussian_log_density(z: torch.Tensor, mean: torch.Tensor, logvar: torch.Tensor) -> torch.Tensor:
+    """log N(z; mean, exp(logvar)) summed over the last dimension."""
+    return -0.5 * (LOG_2PI + logvar + (z - mean).pow(2) / logvar.exp()).sum(-1)
+
+
+@torch.no_grad()
+def iw_nll(model: VAE, tokens: torch.Tensor, samples: int, max_rows: int = 4096,
+           generator: torch.Generator | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+    """Importance-weighted -log p(x) per sentence (B,) with `samples` codes from q(z|x), and the
+    single-sample ELBO of the first code (B,) (so K = 1 gives exactly rec + kl of that code).
+
+    -log p(x) ~= -logsumexp_k [log p(x|z_k) + log p(z_k) - log q(z_k|x)] + log K.
+    """
+    mean, logvar = model.encode(tokens)  # (B, D)
+    mean, logvar = mean.float(), logvar.float()
+    batch = tokens.size(0)
+    chunk = max(1, min(samples, max_rows // batch))
+    log_weights = []
+    for start in range(0, samples, chunk):
+        count = min(chunk, samples - start)
+        noise = torch.randn((count, *mean.shape), generator=generator, device=mean.device)  # (k, B, D)
+        z = mean + noise * torch.exp(0.5 * logvar)  # (k, B, D)
+        rec = model.reconstruction_nll(tokens.repeat(count, 1), z.reshape(count * batch, -1).to(mean.dtype))
+        log_prior = gaussian_log_density(z, torch.zeros_like(z), torch.zeros_like(z))  # (k, B)
+        log_posterior = gaussian_log_density(z, mean, logvar)  # (k, B)
+        log_weights.append(-rec.float().view(count, batch) + log_prior - log_posterior)
+    log_weights = torch.cat(log_weights)  # (K, B)
+    nll = -(torch.logsumexp(log_weights, dim=0) - math.log(samples))
+    return nll, -log_weights[0]
+
+
+def ppl(nll_sum: float, tokens: int) -> float:
+    """Perplexity from summed NLL (nats) over `tokens` predicted tokens (words + <eos>)."""
+    return math.exp(nll_sum / tokens)
+
+
+def target_tokens(tokens: torch.Tensor) -> torch.Tensor:
+    """Predicted tokens per framed sentence (B,): every non-pad token but <bos>."""
+    return (tokens[:, 1:] != PAD_ID).sum(-1)
+
+
+@torch.no_grad()
+def mutual_information(mean: torch.Tensor, logvar: torch.Tensor, chunk: int = 512,
+                       generator: torch.Generator | None = None) -> float:
+    """I(x; z) under q (Hoffman & Johnson 2016), with the aggregate posterior over all N rows.
+
+    MI = E_x E_q(z|x)[log q(z|x)] - E_q(z)[log q(z)], q(z) = 1/N sum_n q(z|x_n); one z per x.
+    The first term is the analytic negative entropy of each posterior.
+    """
+    mean, logvar = mean.double(), logvar.double()
+    count, dim = mean.shape
+    negative_entropy = (-0.5 * dim * (LOG_2PI + 1) - 0.5 * logvar.sum(-1)).mean()
+    z = mean + torch.randn(mean.shape, generator=generator, dtype=mean.dtype) * torch.exp(0.5 * logvar)
+    log_aggregate = []
+    for start in range(0, count, chunk):
+        z_part = z[start: start + chunk].unsqueeze(1)  # (c, 1, D)
+        density = gaussian_log_density(z_part, mean.unsqueeze(0), logvar.unsqueeze(0))  # (c, N)
+        log_aggregate.append(torch.logsumexp(density, dim=1) - math.log(count))
+    return float(negative_entropy - torch.cat(log_aggregate).mean())
+
+
+def active_units(mean: torch.Tensor, threshold: float = 0.01) -> int:
+    """Dimensions whose posterior mean varies across sentences: Var_x(E_q[z_d|x]) > threshold."""
+    return int((mean.double().var(dim=0) > threshold).sum())
+
+
+def corpus_bleu(hypotheses: list[str], references: list[str]) -> float:
+    """Corpus BLEU-4 (torchmetrics) of hypotheses against one reference each, in [0, 100]."""
+    from torchmetrics.text import BLEUScore
+
+    return 100.0 * float(BLEUScore(n_gram=4)(hypotheses, [[reference] for reference in references]))
+
+
+def distinct_n(sentences: Iterable[str], n: int) -> float:
+    """Distinct n-grams over all n-grams of whitespace tokens in `sentences` (0 if there are none)."""
+    grams = Counter()
+    for sentence in sentences:
+        words = sentence.split()
+        grams.update(tuple(words[i: i + n]) for i in range(len(words) - n + 1))
+    total = sum(grams.values())
+    return len(grams) / total if total else 0.0
+
+
+def novelty(samples: Iterable[str], training: set[str]) -> float:
+    """Share of samples that are not (whitespace-normalised) training sentences."""
+    samples = [" ".join(sample.split()) for sample in samples]
+    return sum(sample not in training for sample in samples) / len(samples) if samples else 0.0

@@ -1,0 +1,266 @@
+"""The VAE as plain PyTorch: transformer encoder, GRU and transformer decoders.
+
+- Encoder: token + learned position embeddings, pre-norm transformer layers, mean pooling over
+  non-pad positions, one linear map to the mean and log-variance of q(z|x).
+- `GRUDecoder`: z sets the initial hidden state of every layer and/or is concatenated to every
+  input embedding. `TransformerDecoder`: causal self-attention; z is projected to a few memory
+  vectors for cross-attention and/or added to every input embedding. Both expose the same
+  three calls used by training and generation: `forward` (teacher forcing over a whole
+  sequence), `start` (decoding state for a batch of codes) and `step` (one token, with the
+  transformer reusing cached keys/values unless told not to).
+- The output projection and the loss run only on real (non-pad) target positions: with
+  bucketed batches that is most of the saving, and it keeps padding out of the softmax.
+- Weight tying shares the input embedding with the output projection (a linear map from the
+  decoder width to the embedding size is inserted when they differ).
+
+The training objective, schedules and logging live in system.py; this file has no Lightning.
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from textvae.config import DecoderConfig, EncoderConfig, ModelConfig
+from textvae.tokenizer import BOS_ID, PAD_ID, UNK_ID
+
+
+class Encoder(nn.Module):
+    def __init__(self, vocab_size: int, config: EncoderConfig, latent_dim: int):
+        super().__init__()
+        self.max_positions = config.max_positions
+        self.embed = nn.Embedding(vocab_size, config.width, padding_idx=PAD_ID)
+        self.position = nn.Embedding(config.max_positions, config.width)
+        layer = nn.TransformerEncoderLayer(config.width, config.heads, config.feedforward, config.dropout,
+                                           activation="gelu", batch_first=True, norm_first=True)
+        self.layers = nn.TransformerEncoder(layer, config.layers, enable_nested_tensor=False)
+        self.norm = nn.LayerNorm(config.width)
+        self.to_posterior = nn.Linear(config.width, 2 * latent_dim)
+
+    def forward(self, tokens: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        tokens = tokens[:, : self.max_positions]  # longer inputs: q(z|x) sees their first part
+        pad = tokens == PAD_ID  # (B, T)
+        positions = torch.arange(tokens.size(1), device=tokens.device)
+        hidden = self.embed(tokens) + self.position(positions)  # (B, T, W)
+        hidden = self.norm(self.layers(hidden, src_key_padding_mask=pad))
+        keep = (~pad).unsqueeze(-1).to(hidden.dtype)  # (B, T, 1)
+        pooled = (hidden * keep).sum(1) / keep.sum(1).clamp_min(1)  # (B, W)
+        mean, logvar = self.to_posterior(pooled).chunk(2, dim=-1)  # (B, D) each
+        return mean, logvar
+
+
+class GRUDecoder(nn.Module):
+    def __init__(self, vocab_size: int, config: DecoderConfig, latent_dim: int):
+        super().__init__()
+        self.config = config
+        self.embed = nn.Embedding(vocab_size, config.embed_dim, padding_idx=PAD_ID)
+        input_dim = config.embed_dim + (latent_dim if config.z_concat_input else 0)
+        self.gru = nn.GRU(input_dim, config.hidden, config.layers, batch_first=True,
+                          dropout=config.dropout if config.layers > 1 else 0.0)
+        self.z_to_hidden = nn.Linear(latent_dim, config.hidden * config.layers) if config.z_init_hidden else None
+        self.dropout = nn.Dropout(config.dropout)
+        self.width = config.hidden
+
+    def start(self, z: torch.Tensor) -> dict:
+        batch = z.size(0)
+        if self.z_to_hidden is not None:
+            hidden = torch.tanh(self.z_to_hidden(z)).view(batch, self.config.layers, self.config.hidden)
+            hidden = hidden.transpose(0, 1).contiguous()  # (L, B, H)
+        else:
+            hidden = z.new_zeros(self.config.layers, batch, self.config.hidden)
+        return {"hidden": hidden, "z": z}
+
+    def forward(self, inputs: torch.Tensor, z: torch.Tensor, state: dict | None = None):
+        """Features (B, T, H) for every input position; returns the state after the last one."""
+        state = state if state is not None else self.start(z)
+        embedded = self.dropout(self.embed(inputs))  # (B, T, E)
+        if self.config.z_concat_input:
+            embedded = torch.cat([embedded, state["z"].unsqueeze(1).expand(-1, inputs.size(1), -1)], dim=-1)
+        output, hidden = self.gru(embedded, state["hidden"])  # (B, T, H), (L, B, H)
+        return self.dropout(output), {"hidden": hidden, "z": state["z"]}
+
+    def step(self, token: torch.Tensor, state: dict, use_cache: bool = True):
+        features, state = self.forward(token.unsqueeze(1), state["z"], state)
+        return features[:, 0], state
+
+    @staticmethod
+    def reorder(state: dict, index: torch.Tensor) -> dict:
+        return {"hidden": state["hidden"][:, index], "z": state["z"][index]}
+
+
+class DecoderBlock(nn.Module):
+    """Pre-norm block: causal self-attention (cacheable), optional cross-attention, MLP."""
+
+    def __init__(self, config: DecoderConfig):
+        super().__init__()
+        width, self.heads = config.hidden, config.heads
+        self.norm_self = nn.LayerNorm(width)
+        self.qkv = nn.Linear(width, 3 * width)
+        self.self_out = nn.Linear(width, width)
+        self.cross = config.z_cross_attention
+        if self.cross:
+            self.norm_cross = nn.LayerNorm(width)
+            self.cross_q = nn.Linear(width, width)
+            self.cross_kv = nn.Linear(width, 2 * width)
+            self.cross_out = nn.Linear(width, width)
+        self.norm_mlp = nn.LayerNorm(width)
+        self.mlp = nn.Sequential(nn.Linear(width, config.feedforward), nn.GELU(),
+                                 nn.Linear(config.feedforward, width))
+        self.dropout = nn.Dropout(config.dropout)
+        self.attention_dropout = config.dropout
+
+    def _heads(self, x: torch.Tensor) -> torch.Tensor:
+        batch, length, width = x.shape
+        return x.view(batch, length, self.heads, width // self.heads).transpose(1, 2)  # (B, h, T, d)
+
+    def _attend(self, q, k, v, causal: bool) -> torch.Tensor:
+        dropout = self.attention_dropout if self.training else 0.0
+        out = F.scaled_dot_product_attention(q, k, v, dropout_p=dropout, is_causal=causal)  # (B, h, T, d)
+        batch, heads, length, dim = out.shape
+        return out.transpose(1, 2).reshape(batch, length, heads * dim)
+
+    def forward(self, x: torch.Tensor, memory_kv, cache: dict | None) -> torch.Tensor:
+        q, k, v = self._heads_qkv(self.norm_self(x))
+        if cache is not None:
+            if "k" in cache:
+                k = torch.cat([cache["k"], k], dim=2)
+                v = torch.cat([cache["v"], v], dim=2)
+            cache["k"], cache["v"] = k, v
+        # Causal masking is needed only when several new positions are processed at once.
+        x = x + self.dropout(self.self_out(self._attend(q, k, v, causal=q.size(2) > 1)))
+        if self.cross:
+            q = self._heads(self.cross_q(self.norm_cross(x)))
+            x = x + self.dropout(self.cross_out(self._attend(q, *memory_kv, causal=False)))
+        return x + self.dropout(self.mlp(self.norm_mlp(x)))
+
+    def _heads_qkv(self, x):
+        return [self._heads(part) for part in self.qkv(x).chunk(3, dim=-1)]
+
+    def memory_kv(self, memory: torch.Tensor):
+        return [self._heads(part) for part in self.cross_kv(memory).chunk(2, dim=-1)]
+
+
+class TransformerDecoder(nn.Module):
+    def __init__(self, vocab_size: int, config: DecoderConfig, latent_dim: int):
+        super().__init__()
+        self.config = config
+        width = config.hidden
+        self.embed = nn.Embedding(vocab_size, width, padding_idx=PAD_ID)
+        self.position = nn.Embedding(config.max_positions, width)
+        self.z_to_memory = nn.Linear(latent_dim, config.memory_slots * width) if config.z_cross_attention else None
+        self.z_to_input = nn.Linear(latent_dim, width) if config.z_add_input else None
+        self.blocks = nn.ModuleList(DecoderBlock(config) for _ in range(config.layers))
+        self.norm = nn.LayerNorm(width)
+        self.dropout = nn.Dropout(config.dropout)
+        self.width = width
+
+    def start(self, z: torch.Tensor) -> dict:
+        state = {"z": z, "position": 0, "caches": [{} for _ in self.blocks], "prefix": None}
+        if self.z_to_memory is not None:
+            memory = self.z_to_memory(z).view(z.size(0), self.config.memory_slots, self.width)  # (B, S, W)
+            state["memory_kv"] = [block.memory_kv(memory) for block in self.blocks]
+        else:
+            state["memory_kv"] = [None] * len(self.blocks)
+        return state
+
+    def forward(self, inputs: torch.Tensor, z: torch.Tensor, state: dict | None = None, use_cache: bool = False):
+        state = state if state is not None else self.start(z)
+        start = state["position"]
+        positions = torch.arange(start, start + inputs.size(1), device=inputs.device)
+        if positions[-1] >= self.config.max_positions:
+            raise ValueError(f"sequence longer than model.decoder.max_positions={self.config.max_positions}")
+        hidden = self.embed(inputs) + self.position(positions)  # (B, T, W)
+        if self.z_to_input is not None:
+            hidden = hidden + self.z_to_input(state["z"]).unsqueeze(1)
+        hidden = self.dropout(hidden)
+        for block, memory_kv, cache in zip(self.blocks, state["memory_kv"], state["caches"]):
+            hidden = block(hidden, memory_kv, cache if use_cache else None)
+        state = dict(state, position=start + inputs.size(1))
+        return self.dropout(self.norm(hidden)), state
+
+    def step(self, token: torch.Tensor, state: dict, use_cache: bool = True):
+        if use_cache:
+            features, state = self.forward(token.unsqueeze(1), state["z"], state, use_cache=True)
+            return features[:, 0], state
+        # No cache: re-run the whole prefix every step (kept for tests and benchmarks).
+        prefix = token.unsqueeze(1) if state["prefix"] is None else torch.cat([state["prefix"], token[:, None]], 1)
+        features, _ = self.forward(prefix, state["z"], dict(state, position=0))
+        return features[:, -1], dict(state, prefix=prefix, position=prefix.size(1))
+
+    @staticmethod
+    def reorder(state: dict, index: torch.Tensor) -> dict:
+        caches = [{name: tensor[index] for name, tensor in cache.items()} for cache in state["caches"]]
+        memory_kv = [None if kv is None else [t[index] for t in kv] for kv in state["memory_kv"]]
+        prefix = None if state["prefix"] is None else state["prefix"][index]
+        return dict(state, z=state["z"][index], caches=caches, memory_kv=memory_kv, prefix=prefix)
+
+
+class VAE(nn.Module):
+    """q(z|x) and p(x|z); `forward` gives per-sentence reconstruction NLL and per-dimension KL."""
+
+    def __init__(self, config: ModelConfig, vocab_size: int):
+        super().__init__()
+        self.config = config
+        self.vocab_size = vocab_size
+        self.encoder = Encoder(vocab_size, config.encoder, config.latent_dim)
+        decoder_class = GRUDecoder if config.decoder.type == "gru" else TransformerDecoder
+        self.decoder = decoder_class(vocab_size, config.decoder, config.latent_dim)
+        embed_dim = self.decoder.embed.embedding_dim
+        self.to_embedding = nn.Linear(self.decoder.width, embed_dim) if self.decoder.width != embed_dim else None
+        if config.decoder.tie_embeddings:
+            self.output = None
+            self.output_bias = nn.Parameter(torch.zeros(vocab_size))
+        else:
+            self.output = nn.Linear(self.decoder.width, vocab_size)
+        self.apply(self._init_weights)
+
+    @staticmethod
+    def _init_weights(module: nn.Module) -> None:
+        if isinstance(module, nn.Embedding):
+            nn.init.normal_(module.weight, std=0.02)
+            if module.padding_idx is not None:
+                module.weight.data[module.padding_idx].zero_()
+
+    def logits(self, features: torch.Tensor) -> torch.Tensor:
+        """Vocabulary logits (..., V) from decoder features (..., H)."""
+        if self.output is not None:
+            return self.output(features)
+        if self.to_embedding is not None:
+            features = self.to_embedding(features)
+        return F.linear(features, self.decoder.embed.weight, self.output_bias)
+
+    def encode(self, tokens: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        return self.encoder(tokens)
+
+    @staticmethod
+    def reparameterize(mean, logvar, generator: torch.Generator | None = None):
+        noise = torch.randn(mean.shape, generator=generator, device=mean.device, dtype=mean.dtype)
+        return mean + noise * torch.exp(0.5 * logvar)
+
+    def word_dropout(self, inputs: torch.Tensor, rate: float) -> torch.Tensor:
+        """Replace decoder inputs other than <bos>/pad by <unk> with probability `rate`."""
+        if rate <= 0:
+            return inputs
+        drop = (torch.rand(inputs.shape, device=inputs.device) < rate) & (inputs != PAD_ID) & (inputs != BOS_ID)
+        return inputs.masked_fill(drop, UNK_ID)
+
+    def reconstruction_nll(self, tokens: torch.Tensor, z: torch.Tensor, word_dropout: float = 0.0) -> torch.Tensor:
+        """-log p(x|z) per sentence (B,), summed over the n+1 targets `w1 .. wn <eos>`."""
+        inputs, targets = tokens[:, :-1], tokens[:, 1:]
+        features, _ = self.decoder(self.word_dropout(inputs, word_dropout), z)  # (B, T, H)
+        real = targets != PAD_ID  # (B, T)
+        token_nll = F.cross_entropy(self.logits(features[real]).float(), targets[real], reduction="none")  # (N,)
+        rows = torch.arange(tokens.size(0), device=tokens.device).unsqueeze(1).expand_as(targets)[real]
+        return torch.zeros(tokens.size(0), device=tokens.device).index_add(0, rows, token_nll)
+
+    def forward(self, tokens: torch.Tensor, word_dropout: float = 0.0) -> dict[str, torch.Tensor]:
+        mean, logvar = self.encode(tokens)
+        z = self.reparameterize(mean, logvar)
+        rec = self.reconstruction_nll(tokens, z, word_dropout)
+        return {"rec": rec, "mean": mean, "logvar": logvar, "z": z}
+
+
+def count_parameters(module: nn.Module) -> int:
+    return sum(p.numel() for p in module.parameters())
+

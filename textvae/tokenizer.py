@@ -1,0 +1,96 @@
+"""Train, save and load the HF `tokenizers` vocabulary; sentence framing and special-token ids.
+
+Two kinds: `word` (WordLevel over whitespace-split tokens, right for PTB whose training text
+already contains a literal `<unk>`, used here as the unk token) and `bpe` (byte-level BPE for raw
+text). Special tokens have fixed ids 0..3 = <pad>, <unk>, <bos>, <eos>. The tokenizer itself
+does not add <bos>/<eos>; `frame` does, so that truncation never cuts the <eos> away.
+A `tokenizer_config.json` is written beside `tokenizer.json` so the saved directory also
+loads with `transformers.AutoTokenizer`.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Iterable, Iterator
+
+from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
+
+from textvae.errors import UserError
+
+PAD, UNK, BOS, EOS = "<pad>", "<unk>", "<bos>", "<eos>"
+SPECIAL_TOKENS = [PAD, UNK, BOS, EOS]
+PAD_ID, UNK_ID, BOS_ID, EOS_ID = range(4)
+
+
+def train_tokenizer(lines: Iterable[str], kind: str, vocab_size: int = 10000, min_frequency: int = 1) -> Tokenizer:
+    """Learn a vocabulary from training sentences only."""
+    if kind == "word":
+        tokenizer = Tokenizer(models.WordLevel(unk_token=UNK))
+        tokenizer.pre_tokenizer = pre_tokenizers.WhitespaceSplit()
+        # The trainer would give a literal "<unk>" in the text (as in PTB) a second id; it is the
+        # unk token itself, so keep special tokens out of the counted words.
+        lines = (" ".join(w for w in line.split() if w not in SPECIAL_TOKENS) for line in lines)
+        trainer = trainers.WordLevelTrainer(
+            vocab_size=10**9, min_frequency=min_frequency, special_tokens=SPECIAL_TOKENS, show_progress=False)
+    elif kind == "bpe":
+        tokenizer = Tokenizer(models.BPE(unk_token=None))
+        tokenizer.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=True)
+        tokenizer.decoder = decoders.ByteLevel()
+        trainer = trainers.BpeTrainer(
+            vocab_size=vocab_size, min_frequency=max(min_frequency, 2), special_tokens=SPECIAL_TOKENS,
+            initial_alphabet=pre_tokenizers.ByteLevel.alphabet(), show_progress=False)
+    else:
+        raise UserError(f"config: data.tokenizer must be 'word' or 'bpe', got {kind!r}")
+    tokenizer.train_from_iterator(lines, trainer=trainer)
+    if tokenizer.get_vocab_size() <= len(SPECIAL_TOKENS):
+        raise UserError("data: the vocabulary would be empty: the training split has no tokens")
+    assert [tokenizer.token_to_id(t) for t in SPECIAL_TOKENS] == [PAD_ID, UNK_ID, BOS_ID, EOS_ID]
+    return tokenizer
+
+
+def encode_batch(tokenizer: Tokenizer, sentences: list[str]) -> list[list[int]]:
+    """Token ids of each sentence, without <bos>/<eos>."""
+    return [encoding.ids for encoding in tokenizer.encode_batch(sentences, add_special_tokens=False)]
+
+
+def frame(ids: list[int], max_length: int | None = None) -> list[int]:
+    """`<bos> w1 .. wn <eos>`, keeping at most `max_length` words."""
+    if max_length is not None:
+        ids = ids[:max_length]
+    return [BOS_ID, *ids, EOS_ID]
+
+
+def decode_ids(tokenizer: Tokenizer, sequences: Iterable[list[int]]) -> Iterator[str]:
+    """Generated ids (stopping at <eos>, skipping specials other than <unk>) back to text."""
+    for ids in sequences:
+        ids = list(ids)
+        if EOS_ID in ids:
+            ids = ids[: ids.index(EOS_ID)]
+        ids = [i for i in ids if i not in (PAD_ID, BOS_ID)]
+        if tokenizer.decoder is None:  # word level: ids map one-to-one to whitespace tokens
+            yield " ".join(tokenizer.id_to_token(i) for i in ids)
+        else:
+            yield tokenizer.decode(ids, skip_special_tokens=False).strip()
+
+
+def save_tokenizer(tokenizer: Tokenizer, directory: Path) -> None:
+    tokenizer.save(str(directory / "tokenizer.json"))
+    hf_config = {
+        "tokenizer_class": "PreTrainedTokenizerFast",
+        "pad_token": PAD, "unk_token": UNK, "bos_token": BOS, "eos_token": EOS,
+        "model_max_length": 1_000_000,
+    }
+    (directory / "tokenizer_config.json").write_text(json.dumps(hf_config, indent=2) + "\n")
+    (directory / "special_tokens_map.json").write_text(
+        json.dumps({"pad_token": PAD, "unk_token": UNK, "bos_token": BOS, "eos_token": EOS}, indent=2) + "\n")
+
+
+def load_tokenizer(directory: Path) -> Tokenizer:
+    path = directory / "tokenizer.json"
+    if not path.is_file():
+        raise UserError(f"model: {path} is missing (the model directory is incomplete)")
+    try:
+        return Tokenizer.from_file(str(path))
+    except Exception as error:  # tokenizers raises bare Exceptions on malformed JSON
+        raise UserError(f"model: {path} is not a valid tokenizer ({str(error).splitlines()[0]})") from None

@@ -1,0 +1,319 @@
+"""`train(config) -> run dir` and `evaluate(model, split) -> metrics`.
+
+A run directory holds `config.yaml`, `checkpoints/` (best by validation ELBO, `last.ckpt`,
+refreshed every `trainer.checkpoint_every_n_steps`), `logs/metrics.csv`, the `model/` export of
+the best checkpoint, `metrics.json` (SPEC §7 on valid and test), `samples.txt` and
+`curves.png`; `runs/latest` points at the newest run. Choices worth knowing:
+
+- The run directory is checked (writable; not an existing run unless `resume`/`overwrite`)
+  before any data is read, and only rank 0 writes outside Lightning's own checkpointing.
+- Under `strategy: ddp` Lightning re-launches this command once per extra device; those
+  processes skip the run-directory checks (they see the directory rank 0 just made).
+- SIGINT/SIGTERM save `last.ckpt` and end with `Interrupted`; a diverged loss ends with
+  `TrainingDiverged`. Neither touches an existing `model/` export, which is only ever
+  replaced by a complete new one (written to a temporary directory, then renamed).
+- A resumed run appends to `logs/metrics.csv` (rows past the checkpoint's step are dropped)
+  instead of Lightning's default of deleting the file.
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+import logging
+import os
+import shutil
+import sys
+from pathlib import Path
+
+import lightning as L
+import torch
+from lightning.pytorch.callbacks import Callback, ModelCheckpoint
+from lightning.pytorch.loggers import CSVLogger
+from lightning.pytorch.loggers.csv_logs import ExperimentWriter
+from lightning.pytorch.loggers.logger import rank_zero_experiment
+from lightning.pytorch.utilities.exceptions import SIGTERMException
+
+from textvae.api import TextVAE, atomic_write_dir
+from textvae.config import Config, dump_config, from_dict
+from textvae.data import TextDataModule, load_corpus
+from textvae.errors import Interrupted, UserError
+from textvae.metrics import (active_units, corpus_bleu, distinct_n, iw_nll, mutual_information, novelty, ppl,
+                             target_tokens)
+from textvae.system import VAESystem
+from textvae.tokenizer import decode_ids
+
+log = logging.getLogger("textvae")
+
+
+def is_launched_child() -> bool:
+    """True in the extra processes Lightning's DDP launcher starts (and on nodes other than 0)."""
+    return os.environ.get("LOCAL_RANK", "0") != "0" or os.environ.get("NODE_RANK", "0") != "0"
+
+
+def atomic_write_text(path: Path, text: str) -> None:
+    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
+    tmp.write_text(text, encoding="utf-8")
+    os.replace(tmp, path)
+
+
+def prepare_run_dir(run_dir: Path, resume: bool, overwrite: bool) -> Path | None:
+    """Check the run directory before any work; returns the checkpoint to resume from."""
+    last = run_dir / "checkpoints" / "last.ckpt"
+    if resume:
+        if not last.is_file():
+            raise UserError(f"train: --resume needs {last}, which does not exist")
+    elif run_dir.exists() and any(run_dir.iterdir()):
+        if not overwrite:
+            raise UserError(f"train: {run_dir} already holds a run; pass --resume to continue it or --overwrite "
+                            f"to start again (or set --output_dir)")
+        for name in ("checkpoints", "logs"):  # model/ stays until a new export replaces it
+            shutil.rmtree(run_dir / name, ignore_errors=True)
+    try:
+        run_dir.mkdir(parents=True, exist_ok=True)
+        probe = run_dir / f".write-test-{os.getpid()}"
+        probe.write_text("ok")
+        probe.unlink()
+    except OSError as error:
+        raise UserError(f"train: cannot write to output directory {run_dir} ({error.strerror})") from None
+    return last if resume else None
+
+
+class _AppendingWriter(ExperimentWriter):
+    """Lightning's CSV writer, but keeping an existing metrics.csv (for resumed runs)."""
+
+    def _check_log_dir_exists(self) -> None:
+        if os.path.isfile(self.metrics_file_path):
+            with open(self.metrics_file_path, newline="") as handle:
+                self.metrics_keys = sorted(next(csv.reader(handle), []))
+
+
+class ResumableCSVLogger(CSVLogger):
+    @property
+    @rank_zero_experiment
+    def experiment(self):
+        if self._experiment is None:
+            os.makedirs(self.log_dir, exist_ok=True)
+            self._experiment = _AppendingWriter(log_dir=self.log_dir)
+        return self._experiment
+
+
+def trim_log(metrics_csv: Path, step: int) -> None:
+    """Drop log rows at or after `step` (logged after the checkpoint a resumed run starts from)."""
+    if not metrics_csv.is_file():
+        return
+    with open(metrics_csv, newline="") as handle:
+        reader = csv.DictReader(handle)
+        fields, rows = reader.fieldnames or [], [r for r in reader if r.get("step") and int(r["step"]) < step]
+    with open(metrics_csv, "w", newline="") as handle:
+        writer = csv.DictWriter(handle, fieldnames=fields)
+        writer.writeheader()
+        writer.writerows(rows)
+
+
+class SaveOnInterrupt(Callback):
+    """Save last.ckpt when training is interrupted by SIGINT (KeyboardInterrupt) or SIGTERM."""
+
+    def __init__(self, path: Path):
+        self.path = path
+        self.signal: str | None = None
+
+    def on_exception(self, trainer, pl_module, exception):
+        if isinstance(exception, (KeyboardInterrupt, SIGTERMException)):
+            self.signal = "SIGINT" if isinstance(exception, KeyboardInterrupt) else "SIGTERM"
+            trainer.save_checkpoint(self.path)
+
+
+def _checkpoint_step(path: Path) -> int:
+    return int(torch.load(path, map_location="cpu", weights_only=False)["global_step"])
+
+
+def train(config: Config, resume: bool = False, overwrite: bool = False) -> Path:
+    """Train a model as `config` says; returns the run directory."""
+    run_dir = Path(config.output_dir)
+    child = is_launched_child()
+    resume_from = run_dir / "checkpoints" / "last.ckpt" if resume else None
+    if not child:
+        resume_from = prepare_run_dir(run_dir, resume, overwrite)
+        atomic_write_text(run_dir / "config.yaml", dump_config(config))
+        if resume_from is not None:
+            trim_log(run_dir / "logs" / "metrics.csv", _checkpoint_step(resume_from) + 1)
+    L.seed_everything(config.seed, workers=True, verbose=False)
+    datamodule = TextDataModule(config)
+    datamodule.prepare_data()
+    datamodule.setup()
+    system = VAESystem(config.to_dict(), datamodule.tokenizer.get_vocab_size())
+
+    checkpoints = run_dir / "checkpoints"
+    interrupt = SaveOnInterrupt(checkpoints / "last.ckpt")
+    callbacks = [
+        ModelCheckpoint(dirpath=checkpoints, filename="best", monitor="valid/elbo", mode="min", save_top_k=1,
+                        save_last=True, enable_version_counter=False),
+        ModelCheckpoint(dirpath=checkpoints, save_top_k=0, save_last=True,
+                        every_n_train_steps=config.trainer.checkpoint_every_n_steps),
+        interrupt,
+    ]
+    loggers = [ResumableCSVLogger(run_dir, name="logs", version="")]
+    try:
+        from lightning.pytorch.loggers import TensorBoardLogger
+        import tensorboard  # noqa: F401  (optional)
+
+        loggers.append(TensorBoardLogger(run_dir, name="logs", version="tensorboard"))
+    except ImportError:
+        pass
+    kwargs = config.trainer.lightning_kwargs()
+    if kwargs["enable_progress_bar"] is None:
+        kwargs["enable_progress_bar"] = sys.stderr.isatty()
+    trainer = L.Trainer(**kwargs, default_root_dir=run_dir, callbacks=callbacks, logger=loggers,
+                        use_distributed_sampler=False, enable_model_summary=False)
+    try:
+        trainer.fit(system, datamodule=datamodule, ckpt_path=resume_from)
+    except (SystemExit, SIGTERMException):
+        if interrupt.signal is None:
+            raise
+    if interrupt.signal is not None:
+        raise Interrupted(f"train: {interrupt.signal} at step {trainer.global_step}; saved {interrupt.path}; "
+                          f"continue with --resume", 130 if interrupt.signal == "SIGINT" else 143)
+    if not trainer.is_global_zero:
+        return run_dir
+    finish_run(run_dir, config, datamodule, callbacks[0].best_model_path or str(checkpoints / "last.ckpt"))
+    return run_dir
+
+
+def load_checkpoint_model(path: str | Path, tokenizer) -> TextVAE:
+    checkpoint = torch.load(path, map_location="cpu", weights_only=False)
+    hparams = checkpoint["hyper_parameters"]
+    system = VAESystem(hparams["config"], hparams["vocab_size"])
+    system.load_state_dict(checkpoint["state_dict"])
+    return TextVAE(system.model, tokenizer, system.config)
+
+
+def finish_run(run_dir: Path, config: Config, datamodule: TextDataModule, checkpoint: str) -> None:
+    """Export the best checkpoint, then write metrics.json, samples.txt, curves.png, runs/latest."""
+    vae = load_checkpoint_model(checkpoint, datamodule.tokenizer)
+    corpus = datamodule.corpus
+    training_text = {" ".join(s.split()) for s in decode_ids(vae.tokenizer, (ids[1:] for ids in corpus["train"].ids))}
+    metrics, per_sentence = {}, {}
+    for split in ("valid", "test"):
+        metrics[split], per_sentence[split] = evaluate(vae, corpus[split].ids, config, training_text)
+    per_token = torch.sort(per_sentence["valid"]["nll"] / per_sentence["valid"]["tokens"]).values
+    quantiles = torch.quantile(per_token, torch.linspace(0, 1, 1001)).tolist()
+    vae.extra["score_quantiles"] = {"iw_samples": config.eval.iw_samples, "split": "valid",
+                                    "nats_per_token": [round(q, 5) for q in quantiles]}
+    vae.extra["checkpoint"] = Path(checkpoint).name
+    vae.save_pretrained(run_dir / "model")
+    metrics["iw_samples"] = config.eval.iw_samples
+    atomic_write_text(run_dir / "metrics.json", json.dumps(metrics, indent=2) + "\n")
+    samples = vae.sample(config.eval.num_samples_txt, strategy="sample", seed=config.seed) \
+        if config.eval.num_samples_txt else []
+    atomic_write_text(run_dir / "samples.txt", "".join(f"{s}\n" for s in samples))
+    plot_curves(run_dir / "logs" / "metrics.csv", run_dir / "curves.png")
+    point_latest(run_dir)
+    log.info("valid: %s", {k: round(v, 3) for k, v in metrics["valid"].items()})
+    log.info("test: %s", {k: round(v, 3) for k, v in metrics["test"].items()})
+
+
+def point_latest(run_dir: Path) -> None:
+    """Make runs/latest (in the working directory) a symlink to `run_dir`, atomically."""
+    latest = Path("runs") / "latest"
+    latest.parent.mkdir(exist_ok=True)
+    target = run_dir.resolve()
+    tmp = latest.with_name(f".latest.tmp-{os.getpid()}")
+    if tmp.is_symlink() or tmp.exists():
+        tmp.unlink()
+    tmp.symlink_to(target, target_is_directory=True)
+    os.replace(tmp, latest)
+
+
+def plot_curves(metrics_csv: Path, out: Path) -> None:
+    """ELBO, rec, KL and beta against steps from the CSV log (skipped without matplotlib)."""
+    try:
+        import matplotlib
+
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+    except ImportError:
+        log.warning("matplotlib is not installed: curves.png not written (pip install matplotlib)")
+        return
+    if not metrics_csv.is_file():
+        return
+    with open(metrics_csv, newline="") as handle:
+        rows = list(csv.DictReader(handle))
+
+    def series(key):
+        points = [(int(r["step"]), float(r[key])) for r in rows if r.get(key)]
+        return [p[0] for p in points], [p[1] for p in points]
+
+    figure, axes = plt.subplots(1, 4, figsize=(16, 3.5))
+    for axis, name in zip(axes, ("elbo", "rec", "kl", "beta")):
+        steps, values = series(f"train/{name}")
+        axis.plot(steps, values, lw=0.8, label="train")
+        if name != "beta":
+            steps, values = series(f"valid/{name}")
+            axis.plot(steps, values, "o-", label="valid")
+        axis.set_title(name if name == "beta" else f"{name} (nats/sentence)")
+        axis.set_xlabel("step")
+        axis.legend()
+    figure.tight_layout()
+    tmp = out.with_name(f".{out.name}.tmp.png")
+    figure.savefig(tmp, dpi=100)
+    plt.close(figure)
+    os.replace(tmp, out)
+
+
+@torch.no_grad()
+def evaluate(vae: TextVAE, ids: list[list[int]], config: Config, training_text: set[str] | None = None,
+             iw_samples: int | None = None, seed: int = 0, progress: bool | None = None):
+    """SPEC §7 metrics of `vae` on framed sentences `ids`; also per-sentence nll and tokens."""
+    from tqdm.auto import tqdm
+
+    iw_samples = iw_samples or config.eval.iw_samples
+    generator = torch.Generator(device=vae.device).manual_seed(seed)
+    model = vae.model.eval()
+    count = len(ids)
+    nll, rec, kl, tokens = (torch.zeros(count) for _ in range(4))
+    means, logvars = torch.zeros(count, vae.latent_dim), torch.zeros(count, vae.latent_dim)
+    batch_size = max(1, 4096 // max(1, iw_samples)) if iw_samples > 1 else config.data.eval_batch_size
+    batch_size = max(batch_size, 8)
+    batches = list(vae._batches(ids, batch_size))
+    show = sys.stderr.isatty() if progress is None else progress
+    for positions, batch in tqdm(batches, desc=f"evaluating (K={iw_samples})", disable=not show, leave=False):
+        mean, logvar = model.encode(batch)
+        z = model.reparameterize(mean, logvar, generator)
+        rec[positions] = model.reconstruction_nll(batch, z).float().cpu()
+        kl[positions] = (0.5 * (mean.pow(2) + logvar.exp() - 1 - logvar)).sum(-1).float().cpu()
+        nll[positions] = iw_nll(model, batch, iw_samples, generator=generator)[0].cpu()
+        tokens[positions] = target_tokens(batch).float().cpu()
+        means[positions], logvars[positions] = mean.float().cpu(), logvar.float().cpu()
+    metrics = {
+        "rec": rec.mean().item(), "kl": kl.mean().item(), "elbo": (rec + kl).mean().item(),
+        "nll": nll.mean().item(), "ppl": ppl(nll.sum().item(), int(tokens.sum().item())),
+        "mi": mutual_information(means, logvars, generator=torch.Generator().manual_seed(seed)),
+        "au": active_units(means), "sentences": count, "tokens": int(tokens.sum().item()),
+    }
+    limit = config.eval.bleu_sentences or count
+    references = list(decode_ids(vae.tokenizer, (x[1:] for x in ids[:limit])))
+    metrics["rec_bleu"] = corpus_bleu(vae.decode(means[:limit], strategy="greedy"), references)
+    if training_text is not None:
+        samples = vae.sample(config.eval.prior_samples, strategy="greedy", seed=seed)
+        metrics.update({"distinct_1": distinct_n(samples, 1), "distinct_2": distinct_n(samples, 2),
+                        "novel": novelty(samples, training_text)})
+    return metrics, {"nll": nll, "tokens": tokens}
+
+
+def evaluate_model(model_path: str, split: str = "test", iw_samples: int | None = None, seed: int = 0) -> dict:
+    """`textvae evaluate`: the metrics of a saved model on a split of the data it was trained on."""
+    vae = TextVAE.from_pretrained(model_path)
+    config = vae.config
+    if split not in ("train", "valid", "test"):
+        raise UserError(f"--split must be train, valid or test, got {split!r}")
+    corpus, _ = load_corpus(config.data, vae.tokenizer, splits=tuple({split, "train"}))
+    training_text = {" ".join(s.split()) for s in decode_ids(vae.tokenizer, (x[1:] for x in corpus["train"].ids))}
+    ids = corpus[split].ids
+    if split == "train":  # evaluation uses full sentences: re-frame without the training truncation
+        corpus, _ = load_corpus(from_dict(type(config.data), {**config.data.__dict__, "max_length": 10**9}),
+                                vae.tokenizer, splits=("train",))
+        ids = corpus["train"].ids
+    metrics, _ = evaluate(vae, ids, config, training_text, iw_samples, seed)
+    metrics["split"], metrics["iw_samples"] = split, iw_samples or config.eval.iw_samples
+    return metrics
