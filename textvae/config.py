@@ -264,6 +264,11 @@ def _type_ok(value: Any, annotation: Any) -> tuple[bool, Any]:
     if annotation is int:
         return isinstance(value, int) and not isinstance(value, bool), value
     if annotation is float:
+        if isinstance(value, str):  # PyYAML reads exponents without a dot (1e-4) as strings
+            try:
+                return True, float(value)
+            except ValueError:
+                return False, value
         if isinstance(value, (int, float)) and not isinstance(value, bool):
             return True, float(value)
         return False, value
@@ -307,7 +312,7 @@ def from_dict(cls: type, values: dict, prefix: str = "") -> Any:
             raise UserError(f"config: unknown key {prefix}{key}{hint}")
         annotation = hints[key]
         if dataclasses.is_dataclass(annotation):
-            kwargs[key] = from_dict(annotation, value or {}, f"{prefix}{key}.")
+            kwargs[key] = from_dict(annotation, {} if value is None else value, f"{prefix}{key}.")
             continue
         ok, converted = _type_ok(value, annotation)
         if not ok:

@@ -15,7 +15,9 @@
 
 from __future__ import annotations
 
+import gzip
 import hashlib
+import http.client
 import logging
 import os
 import shutil
@@ -24,6 +26,7 @@ import tarfile
 import tempfile
 import urllib.error
 import urllib.request
+import zlib
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -72,7 +75,7 @@ def download_ptb(root: Path, url: str) -> None:
         archive = Path(tmp) / "ptb.tgz"
         try:
             _download(url, archive)
-        except (urllib.error.URLError, OSError, ValueError) as error:
+        except (urllib.error.URLError, http.client.HTTPException, OSError, ValueError) as error:
             reason = getattr(error, "reason", error)
             raise UserError(
                 f"data: PTB is not in {root} and downloading {url} failed ({reason}); put ptb.train.txt, "
@@ -87,8 +90,9 @@ def download_ptb(root: Path, url: str) -> None:
                         raise UserError(f"data: the archive at {url} has no {name}")
                     with tar.extractfile(members[name]) as source, open(Path(tmp) / name, "wb") as target:
                         shutil.copyfileobj(source, target)
-        except tarfile.TarError as error:
-            raise UserError(f"data: the download from {url} is not a valid archive ({error})") from None
+        except (tarfile.TarError, EOFError, zlib.error, gzip.BadGzipFile) as error:
+            reason = str(error).splitlines()[0].rstrip(":")
+            raise UserError(f"data: the download from {url} is not a valid archive ({reason})") from None
         for split in SPLITS:
             got = md5sum(Path(tmp) / f"ptb.{split}.txt")
             if got != PTB_MD5[split]:
@@ -149,6 +153,8 @@ def read_sentences(path: Path, limit: int | None = None) -> tuple[list[str], int
     lines = table["text"]
     sentences = [line for line in lines if line.strip()]
     skipped = len(lines) - len(sentences)
+    if not sentences:
+        raise UserError(f"data: {path} has no sentences after skipping {skipped} empty lines")
     return sentences[:limit], skipped
 
 

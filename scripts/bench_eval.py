@@ -1,0 +1,71 @@
+"""Wall time and MFU of the importance-weighted NLL (K = 500) on PTB test; prints one JSON line.
+
+    python scripts/bench_eval.py --model runs/ptb [--iw-samples 500] [--limit 300]
+    python scripts/bench_eval.py --config configs/ptb.yaml --limit 300    # untrained weights
+
+With --limit N only the first N test sentences are timed and the full-split time is
+extrapolated by token count (`extrapolated: true` in the JSON). FLOPs count 2 x the decoder
+weights per token evaluation (K per target token) plus attention terms; the encoder runs once
+per sentence and is a rounding error.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import time
+
+import torch
+
+from textvae.api import TextVAE
+from textvae.bench import machine, matmul_gflops, model_flops_per_token
+from textvae.config import load_config
+from textvae.data import load_corpus
+from textvae.model import VAE
+from textvae.metrics import iw_nll
+
+
+@torch.no_grad()
+def iw_nll_split(vae: TextVAE, ids: list[list[int]], samples: int) -> torch.Tensor:
+    generator = torch.Generator().manual_seed(0)
+    nll = torch.zeros(len(ids))
+    for positions, batch in vae._batches(ids, max(8, 4096 // samples)):
+        nll[positions] = iw_nll(vae.model, batch, samples, generator=generator)[0]
+    return nll
+
+
+def main(argv=None) -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    source = parser.add_mutually_exclusive_group(required=True)
+    source.add_argument("--model", help="trained model or run directory")
+    source.add_argument("--config", help="config for an untrained model of the same shape")
+    parser.add_argument("--iw-samples", type=int, default=500)
+    parser.add_argument("--limit", type=int, default=None, help="time only the first N test sentences")
+    args = parser.parse_args(argv)
+    if args.model:
+        vae = TextVAE.from_pretrained(args.model)
+        corpus, _ = load_corpus(vae.config.data, vae.tokenizer, splits=("test",))
+    else:
+        config = load_config(args.config)
+        corpus, tokenizer = load_corpus(config.data, splits=("train", "test"))
+        vae = TextVAE(VAE(config.model, tokenizer.get_vocab_size()), tokenizer, config)
+    ids = corpus["test"].ids
+    subset = ids[: args.limit] if args.limit else ids
+    fp32 = matmul_gflops(torch.float32)
+    start = time.perf_counter()
+    nll = iw_nll_split(vae, subset, args.iw_samples)
+    seconds = time.perf_counter() - start
+    subset_tokens = sum(len(x) - 1 for x in subset)
+    all_tokens = sum(len(x) - 1 for x in ids)
+    flops = model_flops_per_token(vae.config.model, vae.model.vocab_size, subset_tokens / len(subset), training=False)
+    achieved = flops * subset_tokens * args.iw_samples / seconds / 1e9
+    print(json.dumps({
+        "iw_samples": args.iw_samples, "sentences": len(subset), "tokens": subset_tokens,
+        "seconds_measured": seconds, "seconds": seconds * all_tokens / subset_tokens,
+        "extrapolated": len(subset) < len(ids), "nll": nll.mean().item(),
+        "model_gflops": achieved, "matmul_gflops_fp32": fp32, "mfu": achieved / fp32,
+        "threads": torch.get_num_threads(), "machine": machine()}))
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,98 @@
+"""Training throughput of a config through the real Lightning training step; prints one JSON line.
+
+    python scripts/bench_train.py --config configs/ptb.yaml [--steps 60] [--warmup 10] [--unbucketed]
+                                  [--both] [--model.decoder.hidden 512 ...]
+
+tokens_per_s counts predicted non-pad tokens (words + <eos>) of the timed steps; mfu is the
+achieved model FLOP/s over the fp32 matmul rate measured in the same run (mfu_bf16: over the
+bf16 rate). --unbucketed uses random padded batches; --both runs bucketed then unbucketed in
+one process and adds their ratio.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import time
+
+import lightning as L
+import torch
+from lightning.pytorch.callbacks import Callback
+
+from textvae.bench import machine, matmul_gflops, model_flops_per_token, peak_rss_mb
+from textvae.config import load_config
+from textvae.data import load_corpus, make_loader
+from textvae.system import VAESystem
+from textvae.tokenizer import PAD_ID
+
+
+class StepTimer(Callback):
+    def __init__(self, warmup: int):
+        self.warmup = warmup
+        self.tokens = self.padded = self.real = 0
+        self.start = self.end = None
+
+    def on_train_batch_start(self, trainer, module, batch, batch_idx):
+        if trainer.global_step == self.warmup and self.start is None:
+            self.start = time.perf_counter()
+
+    def on_train_batch_end(self, trainer, module, outputs, batch, batch_idx):
+        if self.start is not None:
+            targets = batch["tokens"][:, 1:]
+            real = int((targets != PAD_ID).sum())
+            self.tokens += real
+            self.real += real
+            self.padded += targets.numel()
+            self.end = time.perf_counter()
+
+
+def run(config, train_ids, vocab_size, steps: int, warmup: int, bucketed: bool) -> dict:
+    L.seed_everything(config.seed, verbose=False)
+    loader = make_loader(train_ids, config.data.batch_size, shuffle=True, seed=config.seed,
+                         pool=config.data.bucket_pool if bucketed else 1)
+    system = VAESystem(config.to_dict(), vocab_size)
+    timer = StepTimer(warmup)
+    kwargs = config.trainer.lightning_kwargs()
+    kwargs.update(max_steps=warmup + steps, max_epochs=-1, enable_progress_bar=False, logger=False,
+                  enable_checkpointing=False, limit_val_batches=0, val_check_interval=None, check_val_every_n_epoch=None)
+    trainer = L.Trainer(**kwargs, callbacks=[timer], enable_model_summary=False)
+    trainer.fit(system, train_dataloaders=loader)
+    seconds = timer.end - timer.start
+    mean_length = sum(len(x) - 1 for x in train_ids) / len(train_ids)
+    flops = model_flops_per_token(config.model, vocab_size, mean_length)
+    return {"bucketed": bucketed, "tokens_per_s": timer.tokens / seconds, "steps_per_s": steps / seconds,
+            "padding_share": 1 - timer.real / timer.padded, "flops_per_token": flops,
+            "model_gflops": flops * timer.tokens / seconds / 1e9}
+
+
+def main(argv=None) -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--config", required=True)
+    parser.add_argument("--steps", type=int, default=60, help="timed optimizer steps")
+    parser.add_argument("--warmup", type=int, default=10, help="untimed steps first")
+    parser.add_argument("--unbucketed", action="store_true", help="random padded batches instead of buckets")
+    parser.add_argument("--both", action="store_true", help="bucketed and unbucketed in one run, with their ratio")
+    args, overrides = parser.parse_known_args(argv)
+    config = load_config(args.config, overrides)
+    corpus, tokenizer = load_corpus(config.data, splits=("train",))
+    vocab_size = tokenizer.get_vocab_size()
+    fp32 = matmul_gflops(torch.float32)
+    bf16 = matmul_gflops(torch.bfloat16)
+    modes = [True, False] if args.both else [not args.unbucketed]
+    results = [run(config, corpus["train"].ids, vocab_size, args.steps, args.warmup, mode) for mode in modes]
+    out = dict(results[0])
+    out.update(config=args.config, overrides=overrides, precision=config.trainer.precision,
+               batch_size=config.data.batch_size, steps=args.steps, matmul_gflops_fp32=fp32,
+               matmul_gflops_bf16=bf16, mfu=out["model_gflops"] / fp32, mfu_bf16=out["model_gflops"] / bf16,
+               peak_rss_mb=peak_rss_mb(), machine=machine())
+    if args.both:
+        out["unbucketed"] = {k: results[1][k] for k in ("tokens_per_s", "steps_per_s", "padding_share")}
+        out["unbucketed"]["mfu"] = results[1]["model_gflops"] / fp32
+        out["bucketed_speedup"] = results[0]["tokens_per_s"] / results[1]["tokens_per_s"]
+    print(json.dumps(out))
+    sys.stdout.flush()
+
+
+if __name__ == "__main__":
+    main()

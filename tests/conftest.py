@@ -1,0 +1,78 @@
+"""Shared fixtures: repository paths, a small synthetic corpus, and models trained once per session.
+
+Trained models come from the real CLI (`textvae train`) on `configs/debug.yaml` with overrides,
+in a temporary working directory, so every test that needs a model sees what a user would.
+"""
+
+from __future__ import annotations
+
+import os
+import random
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+REPO = Path(__file__).resolve().parents[1]
+CONFIGS = REPO / "configs"
+PTB_DIR = REPO / "data" / "ptb"
+
+SUBJECTS = ["the cat", "a dog", "the old man", "my sister", "the company", "a small bird", "the teacher"]
+VERBS = ["saw", "liked", "chased", "found", "helped", "called", "watched"]
+OBJECTS = ["the ball", "a red car", "the market", "her friend", "the new house", "a green tree", "the river"]
+ENDINGS = ["", "yesterday", "in the morning", "again", "at night"]
+
+
+def synthetic_sentences(count: int, seed: int) -> list[str]:
+    rng = random.Random(seed)
+    return [" ".join(filter(None, [rng.choice(SUBJECTS), rng.choice(VERBS), rng.choice(OBJECTS),
+                                   rng.choice(ENDINGS)])) for _ in range(count)]
+
+
+@pytest.fixture(scope="session")
+def tiny_corpus(tmp_path_factory) -> dict[str, Path]:
+    """train/valid/test files of a small synthetic grammar (one sentence per line)."""
+    root = tmp_path_factory.mktemp("tiny_corpus")
+    files = {}
+    for split, count, seed in (("train", 600, 0), ("valid", 60, 1), ("test", 60, 2)):
+        files[split] = root / f"{split}.txt"
+        files[split].write_text("\n".join(synthetic_sentences(count, seed)) + "\n")
+    return files
+
+
+def text_overrides(corpus: dict[str, Path]) -> list[str]:
+    """Command-line overrides that point debug.yaml at a text corpus."""
+    return ["--data.dataset", "text", "--data.limit", "null",
+            "--data.train_file", str(corpus["train"]), "--data.valid_file", str(corpus["valid"]),
+            "--data.test_file", str(corpus["test"])]
+
+
+def run_cli(args: list[str], cwd: Path, timeout: float = 300, **kwargs) -> subprocess.CompletedProcess:
+    """Run `textvae ARGS` as a user would, in `cwd`, capturing text output."""
+    env = {**os.environ, "PYTHONWARNINGS": "ignore"}
+    return subprocess.run([sys.executable, "-m", "textvae.cli", *args], cwd=cwd, env=env, capture_output=True,
+                          text=True, timeout=timeout, **kwargs)
+
+
+def train_debug(workdir: Path, extra: list[str]) -> Path:
+    workdir.mkdir(parents=True, exist_ok=True)
+    result = run_cli(["train", "--config", str(CONFIGS / "debug.yaml"), "--output_dir", "runs/model", *extra],
+                     cwd=workdir)
+    assert result.returncode == 0, result.stderr[-3000:]
+    return workdir / "runs" / "model"
+
+
+@pytest.fixture(scope="session")
+def gru_run(tmp_path_factory, tiny_corpus) -> Path:
+    """Run directory of a GRU-decoder model trained on the synthetic corpus via the CLI."""
+    workdir = tmp_path_factory.mktemp("gru_run")
+    return train_debug(workdir, text_overrides(tiny_corpus) + ["--trainer.max_epochs", "8"])
+
+
+@pytest.fixture(scope="session")
+def transformer_run(tmp_path_factory, tiny_corpus) -> Path:
+    """Run directory of a transformer-decoder model trained on the synthetic corpus via the CLI."""
+    workdir = tmp_path_factory.mktemp("transformer_run")
+    return train_debug(workdir, text_overrides(tiny_corpus) + [
+        "--model.decoder.type", "transformer", "--trainer.max_epochs", "8"])

@@ -1,0 +1,261 @@
+"""The VAE modules: causality, padding, z injection, word dropout, reconstruction NLL, tying, overfitting."""
+
+from __future__ import annotations
+
+import time
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+from textvae.config import DecoderConfig, EncoderConfig, ModelConfig
+from textvae.model import VAE
+from textvae.tokenizer import BOS_ID, EOS_ID, PAD_ID, UNK_ID
+
+VOCAB = 40
+DECODERS = ["gru", "transformer"]
+
+
+def tiny_config(decoder_type: str, latent_dim: int = 8, dropout: float = 0.0, **decoder) -> ModelConfig:
+    return ModelConfig(
+        latent_dim=latent_dim, word_dropout=0.0,
+        encoder=EncoderConfig(layers=1, heads=2, width=32, feedforward=64, dropout=dropout, max_positions=64),
+        decoder=DecoderConfig(type=decoder_type, layers=2, hidden=32, embed_dim=24, heads=2, feedforward=64,
+                              dropout=dropout, max_positions=64, **decoder))
+
+
+def tiny_model(decoder_type: str, seed: int = 0, **decoder) -> VAE:
+    torch.manual_seed(seed)
+    return VAE(tiny_config(decoder_type, **decoder), VOCAB).eval()
+
+
+def framed_batch(lengths: list[int], seed: int = 0, pad_to: int | None = None) -> torch.Tensor:
+    """`<bos> w1 .. wn <eos>` rows of random word ids (never special), right-padded with PAD_ID."""
+    generator = torch.Generator().manual_seed(seed)
+    width = max(pad_to or 0, max(lengths) + 2)
+    tokens = torch.full((len(lengths), width), PAD_ID, dtype=torch.long)
+    for row, length in enumerate(lengths):
+        tokens[row, 0] = BOS_ID
+        tokens[row, 1: length + 1] = torch.randint(4, VOCAB, (length,), generator=generator)
+        tokens[row, length + 1] = EOS_ID
+    return tokens
+
+
+@pytest.fixture(autouse=True, scope="module")
+def single_thread():
+    """Tiny tensors run fastest on one thread (and do not fight other processes for the cores)."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
+def decoder_logits(model: VAE, inputs: torch.Tensor, z: torch.Tensor) -> torch.Tensor:
+    features, _ = model.decoder(inputs, z)  # (B, T, H)
+    return model.logits(features)  # (B, T, V)
+
+
+@pytest.mark.parametrize("decoder_type", DECODERS)
+def test_decoder_cannot_see_future_tokens(decoder_type):
+    model = tiny_model(decoder_type)
+    inputs = framed_batch([10, 10, 10], seed=1)[:, :-1]  # (3, 11), no padding
+    z = torch.randn(3, 8)
+    with torch.no_grad():
+        reference = decoder_logits(model, inputs, z)
+        for t in range(inputs.size(1) - 1):
+            changed = inputs.clone()
+            changed[:, t + 1:] = (changed[:, t + 1:] - 4 + 7) % (VOCAB - 4) + 4  # every later token differs
+            assert (changed[:, t + 1:] != inputs[:, t + 1:]).all()
+            logits = decoder_logits(model, changed, z)
+            torch.testing.assert_close(logits[:, : t + 1], reference[:, : t + 1], atol=1e-5, rtol=1e-5)
+            # the change is visible from position t + 1 on, so the comparison above is not vacuous
+            assert (logits[:, t + 1] - reference[:, t + 1]).abs().max() > 1e-4
+
+
+@pytest.mark.parametrize("decoder_type", DECODERS)
+def test_padding_does_not_change_real_positions(decoder_type):
+    model = tiny_model(decoder_type)
+    lengths = [3, 9, 6, 1]
+    tokens = framed_batch(lengths, seed=2)  # (4, 11)
+    z = torch.randn(4, 8)
+    with torch.no_grad():
+        batched = model.reconstruction_nll(tokens, z)
+        more_padding = model.reconstruction_nll(F.pad(tokens, (0, 7), value=PAD_ID), z)
+        for row, length in enumerate(lengths):
+            alone = model.reconstruction_nll(tokens[row: row + 1, : length + 2], z[row: row + 1])
+            torch.testing.assert_close(batched[row], alone[0], atol=1e-5, rtol=1e-5)
+        torch.testing.assert_close(more_padding, batched, atol=1e-5, rtol=1e-5)
+        # the encoder pools over real positions only, so q(z|x) ignores padding too
+        mean, logvar = model.encode(tokens)
+        mean_padded, logvar_padded = model.encode(F.pad(tokens, (0, 7), value=PAD_ID))
+        torch.testing.assert_close(mean_padded, mean, atol=1e-5, rtol=1e-5)
+        torch.testing.assert_close(logvar_padded, logvar, atol=1e-5, rtol=1e-5)
+        for row, length in enumerate(lengths):
+            mean_alone, _ = model.encode(tokens[row: row + 1, : length + 2])
+            torch.testing.assert_close(mean[row], mean_alone[0], atol=1e-5, rtol=1e-5)
+
+
+Z_INJECTIONS = [
+    ("gru", {}),
+    ("gru", {"z_init_hidden": True, "z_concat_input": False}),
+    ("gru", {"z_init_hidden": False, "z_concat_input": True}),
+    ("transformer", {}),
+    ("transformer", {"z_cross_attention": True, "z_add_input": False}),
+    ("transformer", {"z_cross_attention": False, "z_add_input": True}),
+]
+
+
+@pytest.mark.parametrize(("decoder_type", "switches"), Z_INJECTIONS,
+                         ids=[f"{t}-{'-'.join(k for k, v in s.items() if v) or 'all'}" for t, s in Z_INJECTIONS])
+def test_changing_z_changes_the_output_distribution(decoder_type, switches):
+    model = tiny_model(decoder_type, **switches)
+    inputs = framed_batch([6, 6], seed=3)[:, :-1]
+    z = torch.randn(2, 8)
+    with torch.no_grad():
+        same = decoder_logits(model, inputs, z).log_softmax(-1)
+        again = decoder_logits(model, inputs, z.clone()).log_softmax(-1)
+        other = decoder_logits(model, inputs, z + torch.randn(2, 8)).log_softmax(-1)
+    torch.testing.assert_close(again, same)
+    # KL between next-token distributions at every position, including the first (just after <bos>)
+    divergence = (same.exp() * (same - other)).sum(-1)  # (B, T)
+    assert (divergence > 1e-7).all(), divergence
+
+
+def test_disabled_injections_remove_their_parameters():
+    gru = tiny_model("gru", z_init_hidden=False, z_concat_input=True)
+    assert gru.decoder.z_to_hidden is None
+    assert gru.decoder.gru.input_size == 24 + 8
+    gru = tiny_model("gru", z_init_hidden=True, z_concat_input=False)
+    assert gru.decoder.gru.input_size == 24
+    transformer = tiny_model("transformer", z_cross_attention=False, z_add_input=True)
+    assert transformer.decoder.z_to_memory is None
+    assert not any(block.cross for block in transformer.decoder.blocks)
+    transformer = tiny_model("transformer", z_cross_attention=True, z_add_input=False)
+    assert transformer.decoder.z_to_input is None
+
+
+def test_word_dropout_rate_and_untouched_positions():
+    model = tiny_model("gru")
+    lengths = [int(n) for n in torch.randint(1, 30, (1000,), generator=torch.Generator().manual_seed(4))]
+    inputs = framed_batch(lengths, seed=4)[:, :-1]  # decoder inputs: <bos> w1 .. wn <eos> pad ...
+    eligible = (inputs != PAD_ID) & (inputs != BOS_ID)
+    for rate in (0.1, 0.25, 0.6):
+        torch.manual_seed(5)
+        dropped = model.word_dropout(inputs, rate)
+        changed = dropped != inputs
+        assert torch.equal(dropped[changed], torch.full_like(dropped[changed], UNK_ID))
+        assert not changed[~eligible].any()  # <bos> and padding are never replaced
+        assert torch.equal(dropped[:, 0], torch.full_like(dropped[:, 0], BOS_ID))
+        measured = changed.sum().item() / eligible.sum().item()  # ~15,000 eligible tokens: sd < 0.005
+        assert abs(measured - rate) < 0.02, (rate, measured)
+    assert torch.equal(model.word_dropout(inputs, 0.0), inputs)
+    everything = model.word_dropout(inputs, 1.0)
+    assert torch.equal(everything[eligible], torch.full_like(everything[eligible], UNK_ID))
+    assert torch.equal(everything[~eligible], inputs[~eligible])
+
+
+@pytest.mark.parametrize("decoder_type", DECODERS)
+def test_word_dropout_in_reconstruction_changes_inputs_not_targets(decoder_type):
+    model = tiny_model(decoder_type)
+    tokens = framed_batch([5, 8, 2], seed=6)
+    z = torch.randn(3, 8)
+    with torch.no_grad():
+        all_unk = model.reconstruction_nll(tokens, z, word_dropout=1.0)
+        inputs = tokens[:, :-1].clone()
+        inputs[(inputs != PAD_ID) & (inputs != BOS_ID)] = UNK_ID
+        logits = decoder_logits(model, inputs, z)
+        expected = F.cross_entropy(logits.transpose(1, 2), tokens[:, 1:], ignore_index=PAD_ID,
+                                   reduction="none").sum(-1)
+        torch.testing.assert_close(all_unk, expected, atol=1e-4, rtol=1e-5)
+        assert not torch.allclose(all_unk, model.reconstruction_nll(tokens, z), atol=1e-4)
+
+
+@pytest.mark.parametrize("tie", [True, False])
+@pytest.mark.parametrize("decoder_type", DECODERS)
+def test_reconstruction_nll_matches_direct_computation(decoder_type, tie):
+    model = tiny_model(decoder_type, tie_embeddings=tie)
+    lengths = [7, 1, 12, 4, 9]
+    tokens = framed_batch(lengths, seed=7)  # (5, 14)
+    z = torch.randn(5, 8)
+    with torch.no_grad():
+        rec = model.reconstruction_nll(tokens, z)
+        logits = decoder_logits(model, tokens[:, :-1], z)  # (B, T, V) over every padded position
+        targets = tokens[:, 1:]
+        token_nll = F.cross_entropy(logits.reshape(-1, VOCAB), targets.reshape(-1), reduction="none")
+        mask = (targets != PAD_ID).float()
+        expected = (token_nll.view_as(targets) * mask).sum(-1)
+    assert rec.shape == (5,)
+    assert mask.sum(-1).tolist() == [n + 1 for n in lengths]  # words plus <eos>
+    torch.testing.assert_close(rec, expected, atol=1e-4, rtol=1e-5)
+    # an untrained model is close to uniform: about log V nats per predicted token
+    per_token = rec / torch.tensor([n + 1 for n in lengths])
+    assert ((per_token - torch.log(torch.tensor(float(VOCAB)))).abs() < 1.0).all()
+
+
+@pytest.mark.parametrize("decoder_type", DECODERS)
+def test_forward_returns_posterior_and_code(decoder_type):
+    model = tiny_model(decoder_type)
+    tokens = framed_batch([4, 6], seed=8)
+    torch.manual_seed(0)
+    out = model(tokens)
+    assert out["rec"].shape == (2,) and out["mean"].shape == (2, 8) and out["logvar"].shape == (2, 8)
+    torch.testing.assert_close(out["rec"], model.reconstruction_nll(tokens, out["z"]))
+    assert not torch.allclose(out["z"], out["mean"])  # a sample, not the mean
+
+
+@pytest.mark.parametrize("decoder_type", DECODERS)
+def test_tied_and_untied_embeddings(decoder_type):
+    tied = tiny_model(decoder_type, tie_embeddings=True)
+    untied = tiny_model(decoder_type, tie_embeddings=False)
+    assert tied.output is None and isinstance(untied.output, torch.nn.Linear)
+    tied_weights = {id(p) for p in tied.parameters()}
+    assert id(tied.decoder.embed.weight) in tied_weights
+    assert sum(p.numel() for p in untied.parameters()) > sum(p.numel() for p in tied.parameters())
+    tokens = framed_batch([5, 3], seed=9)
+    unused = next(i for i in range(4, VOCAB) if not (tokens == i).any())
+    z = torch.randn(2, 8)
+    for model, shares in ((tied, True), (untied, False)):
+        model.zero_grad()
+        model.reconstruction_nll(tokens, z).mean().backward()
+        # a token that is never an input still gets gradient on its embedding row when that row is
+        # also its output weight
+        row_gradient = model.decoder.embed.weight.grad[unused].abs().sum().item()
+        assert (row_gradient > 0) == shares, (shares, row_gradient)
+        with torch.no_grad():
+            before = decoder_logits(model, tokens[:, :-1], z)
+            # a random direction: the transformer's features are LayerNorm outputs, which sum to ~0
+            model.decoder.embed.weight[unused] += torch.randn(model.decoder.embed.embedding_dim)
+            after = decoder_logits(model, tokens[:, :-1], z)
+        moved = (after - before).abs().amax(dim=(0, 1))  # (V,)
+        assert (moved[unused] > 1e-3) == shares
+        others = torch.ones(VOCAB, dtype=torch.bool)
+        others[unused] = False
+        assert moved[others].max() < 1e-5
+
+
+def _overfit(decoder_type: str, steps: int) -> tuple[float, int]:
+    torch.manual_seed(0)
+    model = VAE(tiny_config(decoder_type, latent_dim=8), VOCAB).train()
+    lengths = [3, 5, 7, 9, 4, 6, 8, 10]
+    tokens = framed_batch(lengths, seed=10)
+    z = torch.randn(len(lengths), 8, generator=torch.Generator().manual_seed(11))  # one fixed code each
+    optimizer = torch.optim.Adam(model.decoder.parameters(), lr=1e-2)
+    for step in range(1, steps + 1):
+        optimizer.zero_grad()
+        loss = model.reconstruction_nll(tokens, z).mean()
+        loss.backward()
+        optimizer.step()
+        if loss.item() < 0.2:
+            break
+    model.eval()
+    with torch.no_grad():
+        return model.reconstruction_nll(tokens, z).mean().item(), step
+
+
+@pytest.mark.parametrize("decoder_type", DECODERS)
+def test_decoder_overfits_a_handful_of_sentences(decoder_type):
+    started = time.perf_counter()
+    rec, steps = _overfit(decoder_type, steps=500)
+    # 8 sentences of random words start at ~log(40) * 7.5 = 28 nats each
+    assert rec < 0.5, (rec, steps)
+    assert time.perf_counter() - started < 30

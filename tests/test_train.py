@@ -1,0 +1,211 @@
+"""End-to-end `textvae train` on configs/debug.yaml: run directory, export, resume, overwrite, --print_config."""
+
+from __future__ import annotations
+
+import csv
+import json
+import math
+import shutil
+from pathlib import Path
+
+import pytest
+import torch
+import yaml
+
+from conftest import CONFIGS, PTB_DIR, run_cli
+from textvae.api import TextVAE
+from textvae.config import load_config
+from textvae.losses import kl_weight
+from textvae.train import load_checkpoint_model
+
+DEBUG = str(CONFIGS / "debug.yaml")
+METRIC_KEYS = {"rec", "kl", "elbo", "nll", "ppl", "mi", "au", "rec_bleu", "distinct_1", "distinct_2", "novel"}
+# Cheaper end-of-training evaluation for the runs that only test step bookkeeping.
+QUICK_EVAL = ["--eval.iw_samples", "1", "--eval.prior_samples", "10", "--eval.bleu_sentences", "10"]
+
+
+def train(workdir: Path, *extra: str, expect: int = 0):
+    result = run_cli(["train", "--config", DEBUG, "--data.root", str(PTB_DIR), *extra], cwd=workdir)
+    assert result.returncode == expect, result.stderr[-3000:]
+    return result
+
+
+def read_log(run_dir: Path) -> list[dict]:
+    with open(run_dir / "logs" / "metrics.csv", newline="") as handle:
+        return list(csv.DictReader(handle))
+
+
+def train_rows(run_dir: Path) -> list[dict]:
+    return [row for row in read_log(run_dir) if row.get("train/beta")]
+
+
+def checkpoint_step(path: Path) -> int:
+    return int(torch.load(path, map_location="cpu", weights_only=False)["global_step"])
+
+
+def snapshot(directory: Path) -> dict[str, tuple[int, int]]:
+    """(size, mtime_ns) of every file under `directory`, following no links."""
+    return {str(p.relative_to(directory)): (p.lstat().st_size, p.lstat().st_mtime_ns)
+            for p in sorted(directory.rglob("*"))}
+
+
+def ptb_lines(split: str, count: int) -> list[str]:
+    return (PTB_DIR / f"ptb.{split}.txt").read_text().splitlines()[:count]
+
+
+@pytest.fixture(scope="module")
+def debug_run(tmp_path_factory) -> Path:
+    """A complete run of configs/debug.yaml on PTB (its first 400 sentences per split)."""
+    workdir = tmp_path_factory.mktemp("debug_train")
+    train(workdir)
+    return workdir / "runs" / "debug"
+
+
+def test_run_directory_is_complete(debug_run):
+    for name in ("config.yaml", "checkpoints/best.ckpt", "checkpoints/last.ckpt", "logs/metrics.csv",
+                 "model/config.json", "model/model.safetensors", "model/tokenizer.json",
+                 "model/tokenizer_config.json", "metrics.json", "samples.txt", "curves.png"):
+        assert (debug_run / name).is_file(), name
+    config = yaml.safe_load((debug_run / "config.yaml").read_text())
+    assert config["data"]["root"] == str(PTB_DIR) and config["model"]["latent_dim"] == 8
+    assert config["output_dir"] == "runs/debug"
+    assert (debug_run / "curves.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    samples = (debug_run / "samples.txt").read_text().splitlines()
+    assert len(samples) == config["eval"]["num_samples_txt"] and all(line.strip() for line in samples)
+    latest = debug_run.parent / "latest"
+    assert latest.is_symlink() and latest.resolve() == debug_run.resolve()
+    assert not [p.name for p in debug_run.parent.iterdir() if p.name.startswith(".")]  # no leftover temp files
+    assert not [p.name for p in debug_run.iterdir() if p.name.startswith(".")]
+
+
+def test_metrics_json(debug_run):
+    metrics = json.loads((debug_run / "metrics.json").read_text())
+    assert metrics["iw_samples"] == 5
+    for split in ("valid", "test"):
+        values = metrics[split]
+        assert METRIC_KEYS <= values.keys()
+        assert all(math.isfinite(values[key]) for key in METRIC_KEYS)
+        assert values["sentences"] == 400
+        assert values["tokens"] == sum(len(line.split()) + 1 for line in ptb_lines(split, 400))
+        assert values["elbo"] == pytest.approx(values["rec"] + values["kl"], rel=1e-5)
+        assert values["kl"] >= 0 and 0 < values["nll"] < values["elbo"] + 5
+        assert values["ppl"] == pytest.approx(math.exp(values["nll"] * values["sentences"] / values["tokens"]),
+                                              rel=1e-4)
+        assert 0 <= values["au"] <= 8
+        for key in ("rec_bleu", "distinct_1", "distinct_2", "novel"):
+            assert 0 <= values[key] <= 1, key
+
+
+def test_training_log_has_train_and_valid_curves(debug_run):
+    rows = read_log(debug_run)
+    train_steps = [int(row["step"]) for row in rows if row.get("train/elbo")]
+    assert train_steps == sorted(set(train_steps)) and len(train_steps) >= 4
+    assert sum(1 for row in rows if row.get("valid/elbo")) == 2  # one validation per epoch, 2 epochs
+    assert checkpoint_step(debug_run / "checkpoints" / "last.ckpt") == 26  # ceil(400 / 32) * 2
+
+
+def test_export_matches_best_checkpoint(debug_run):
+    exported = TextVAE.from_pretrained(debug_run.parent / "latest")
+    assert exported.extra["checkpoint"] == "best.ckpt"
+    restored = load_checkpoint_model(debug_run / "checkpoints" / "best.ckpt", exported.tokenizer)
+    sentences = ptb_lines("test", 16)
+
+    batch = next(exported._batches(exported.tokenize(sentences), 64))[1]
+    z = torch.randn(batch.size(0), exported.latent_dim, generator=torch.Generator().manual_seed(0))
+    with torch.no_grad():
+        nll_exported = exported.model.reconstruction_nll(batch, z)
+        nll_restored = restored.model.eval().reconstruction_nll(batch, z)
+    torch.testing.assert_close(nll_exported, nll_restored)
+
+    score_exported, tokens = exported.score(sentences, iw_samples=5, seed=3)
+    score_restored, _ = restored.score(sentences, iw_samples=5, seed=3)
+    torch.testing.assert_close(score_exported, score_restored)
+    assert tokens.tolist() == [len(s.split()) + 1 for s in sentences]
+
+
+def test_exported_tokenizer_loads_with_autotokenizer(debug_run):
+    from transformers import AutoTokenizer
+
+    hf = AutoTokenizer.from_pretrained(str(debug_run / "model"))
+    vae = TextVAE.from_pretrained(debug_run / "model")
+    assert (hf.pad_token, hf.unk_token, hf.bos_token, hf.eos_token) == ("<pad>", "<unk>", "<bos>", "<eos>")
+    assert hf.pad_token_id == 0 and hf.eos_token_id == 3
+    sentence = ptb_lines("valid", 1)[0]
+    assert hf(sentence, add_special_tokens=False)["input_ids"] == vae.tokenize([sentence])[0][1:-1]
+    assert len(hf) == vae.model.vocab_size
+
+
+def test_print_config_is_the_merged_config(debug_run, tmp_path):
+    overrides = ["--data.root", str(PTB_DIR), "--model.latent_dim", "16", "--kl.schedule=cyclical"]
+    result = run_cli(["train", "--config", DEBUG, *overrides, "--print_config"], cwd=tmp_path)
+    assert result.returncode == 0, result.stderr
+    printed = yaml.safe_load(result.stdout)
+    expected = load_config(DEBUG, overrides).to_dict()
+    assert printed == expected
+    assert printed["model"]["latent_dim"] == 16 and printed["kl"]["schedule"] == "cyclical"
+    assert printed["data"]["limit"] == 400  # from the YAML file
+    assert printed["model"]["encoder"]["dropout"] == load_config().model.encoder.dropout  # a dataclass default
+    assert not (tmp_path / "runs").exists()  # printing trains nothing
+    # The saved config of a real run is the merged config printed for the same command line.
+    result = run_cli(["train", "--config", DEBUG, "--data.root", str(PTB_DIR), "--print_config"], cwd=tmp_path)
+    assert yaml.safe_load(result.stdout) == yaml.safe_load((debug_run / "config.yaml").read_text())
+
+
+def test_second_run_into_same_dir_is_refused(debug_run):
+    workdir = debug_run.parent.parent
+    before = snapshot(workdir)
+    result = train(workdir, expect=2)
+    message = result.stderr.strip()
+    assert len(message.splitlines()) == 1 and message.startswith("textvae: error:"), message
+    assert "runs/debug" in message and "--resume" in message and "--overwrite" in message
+    assert "Traceback" not in result.stderr
+    assert snapshot(workdir) == before
+
+
+@pytest.fixture(scope="module")
+def resumed_run(tmp_path_factory) -> tuple[Path, list[dict]]:
+    """A debug run stopped at step 10, then resumed to step 20; also the log rows after step 10."""
+    workdir = tmp_path_factory.mktemp("resume")
+    train(workdir, "--trainer.max_steps", "10", *QUICK_EVAL)
+    run_dir = workdir / "runs" / "debug"
+    first = train_rows(run_dir)
+    assert checkpoint_step(run_dir / "checkpoints" / "last.ckpt") == 10
+    train(workdir, "--resume", "--trainer.max_steps", "20", *QUICK_EVAL)
+    return run_dir, first
+
+
+def test_resume_continues_step_counter(resumed_run):
+    run_dir, first = resumed_run
+    first_steps = [int(row["step"]) for row in first]
+    assert first_steps and max(first_steps) < 10
+    steps = [int(row["step"]) for row in train_rows(run_dir)]
+    assert steps == sorted(steps) and len(steps) == len(set(steps)), steps  # no restart at 0, no duplicates
+    assert steps[: len(first_steps)] == first_steps  # the first run's rows are kept
+    resumed = steps[len(first_steps):]
+    assert resumed and min(resumed) >= 10 and max(resumed) < 20, steps
+    assert checkpoint_step(run_dir / "checkpoints" / "last.ckpt") == 20
+    assert yaml.safe_load((run_dir / "config.yaml").read_text())["trainer"]["max_steps"] == 20
+
+
+def test_resume_continues_kl_schedule(resumed_run):
+    run_dir, _ = resumed_run
+    config = load_config(run_dir / "config.yaml")
+    assert config.kl.schedule == "linear" and config.kl.warmup_steps == 20
+    rows = train_rows(run_dir)
+    assert any(int(row["step"]) > 10 for row in rows)
+    for row in rows:
+        assert float(row["train/beta"]) == pytest.approx(kl_weight(int(row["step"]), config.kl), abs=1e-6), row
+
+
+def test_overwrite_starts_again(resumed_run, tmp_path):
+    workdir = tmp_path / "work"
+    run_dir = workdir / "runs" / "debug"
+    shutil.copytree(resumed_run[0], run_dir)
+    assert max(int(row["step"]) for row in train_rows(run_dir)) >= 10
+    train(workdir, "--overwrite", "--trainer.max_steps", "6", *QUICK_EVAL)
+    steps = [int(row["step"]) for row in train_rows(run_dir)]
+    assert steps and max(steps) < 6  # the old log is gone, not appended to
+    assert checkpoint_step(run_dir / "checkpoints" / "last.ckpt") == 6
+    exported = json.loads((run_dir / "model" / "config.json").read_text())
+    assert exported["config"]["trainer"]["max_steps"] == 6  # the export was replaced too
+    assert (workdir / "runs" / "latest").resolve() == run_dir.resolve()

@@ -1,0 +1,78 @@
+"""Measurement helpers shared by the benchmark scripts: machine facts, matmul rate, model FLOPs.
+
+`model_flops_per_token` counts 6 x the weights each predicted token touches (forward 2, backward
+4) plus attention score/value terms; embedding lookups are not matrix multiplies and are left
+out. `matmul_gflops` times large square `torch.matmul`s so that MFU (achieved model FLOP/s over
+the measured matmul rate) compares against what this machine can do, in the same run.
+"""
+
+from __future__ import annotations
+
+import os
+import platform
+import resource
+import time
+
+import torch
+
+from textvae.config import ModelConfig
+
+
+def machine() -> dict:
+    cpu = platform.processor() or platform.machine()
+    try:
+        with open("/proc/cpuinfo") as handle:
+            names = [line.split(":", 1)[1].strip() for line in handle if line.startswith("model name")]
+        cpu = names[0] if names else cpu
+    except OSError:
+        pass
+    info = {"cpu": cpu, "threads": torch.get_num_threads(), "cores": os.cpu_count(), "torch": torch.__version__}
+    if torch.cuda.is_available():
+        info["gpu"] = torch.cuda.get_device_name(0)
+    return info
+
+
+def peak_rss_mb() -> float:
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+
+
+def matmul_gflops(dtype: torch.dtype = torch.float32, size: int = 2048, seconds: float = 1.5) -> float:
+    """Sustained GFLOP/s of (size x size) @ (size x size) in `dtype` on the CPU."""
+    a = torch.randn(size, size).to(dtype)
+    b = torch.randn(size, size).to(dtype)
+    torch.matmul(a, b)
+    count, start = 0, time.perf_counter()
+    while time.perf_counter() - start < seconds:
+        torch.matmul(a, b)
+        count += 1
+    return 2 * size**3 * count / (time.perf_counter() - start) / 1e9
+
+
+def _transformer_layer_weights(width: int, feedforward: int, cross: bool) -> int:
+    return 4 * width * width + 2 * width * feedforward + (4 * width * width if cross else 0)
+
+
+def model_flops_per_token(config: ModelConfig, vocab_size: int, mean_length: float, training: bool = True) -> float:
+    """FLOPs per predicted token for a batch of sentences of `mean_length` predicted tokens."""
+    multiplier = 6 if training else 2
+    encoder = config.encoder
+    decoder = config.decoder
+    weights = encoder.layers * _transformer_layer_weights(encoder.width, encoder.feedforward, False)
+    attention = encoder.layers * 2 * 2 * encoder.width * (mean_length + 1)  # scores + values, full attention
+    if decoder.type == "gru":
+        input_dim = decoder.embed_dim + (config.latent_dim if decoder.z_concat_input else 0)
+        weights += 3 * decoder.hidden * (input_dim + decoder.hidden)
+        weights += 3 * decoder.hidden * 2 * decoder.hidden * (decoder.layers - 1)
+        embed_dim = decoder.embed_dim
+    else:
+        weights += decoder.layers * _transformer_layer_weights(decoder.hidden, decoder.feedforward,
+                                                                decoder.z_cross_attention)
+        attention += decoder.layers * 2 * 2 * decoder.hidden * (mean_length / 2)  # causal: half on average
+        if decoder.z_cross_attention:
+            attention += decoder.layers * 2 * 2 * decoder.hidden * decoder.memory_slots
+        embed_dim = decoder.hidden
+    if decoder.tie_embeddings:
+        weights += (decoder.hidden * embed_dim if decoder.hidden != embed_dim else 0) + embed_dim * vocab_size
+    else:
+        weights += decoder.hidden * vocab_size
+    return multiplier * weights + multiplier / 2 * attention
