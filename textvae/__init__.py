@@ -4,8 +4,8 @@ The public API: `TextVAE` (load, sample, encode, decode, interpolate, score, sav
 `load_config` and `Config`, `train` and `evaluate_model`.
 """
 
-from textvae.api import TextVAE
-from textvae.config import Config, load_config
+from __future__ import annotations
+
 from textvae.errors import UserError
 
 __version__ = "0.1.0"
@@ -23,6 +23,19 @@ def evaluate_model(model: str = "runs/latest", split: str = "test", iw_samples: 
     from textvae.train import evaluate_model as _evaluate
 
     return _evaluate(model, split, iw_samples)
+
+
+def __getattr__(name: str):
+    # Loaded on first use so that `import textvae` (and the CLI's start-up) does not import torch.
+    if name == "TextVAE":
+        from textvae.api import TextVAE
+
+        return TextVAE
+    if name in ("Config", "load_config"):
+        from textvae import config
+
+        return getattr(config, name)
+    raise AttributeError(f"module 'textvae' has no attribute {name!r}")
 
 
 __all__ = ["TextVAE", "Config", "load_config", "train", "evaluate_model", "UserError", "__version__"]

@@ -68,7 +68,8 @@ def cmd_train(args, rest: list[str]) -> None:
 
 
 def _decoding(args) -> dict:
-    return {"strategy": args.strategy, "temperature": args.temperature, "top_k": args.top_k, "top_p": args.top_p,
+    strategy = args.strategy or ("sample" if args.command == "generate" else "greedy")
+    return {"strategy": strategy, "temperature": args.temperature, "top_k": args.top_k, "top_p": args.top_p,
             "beam_size": args.beam_size, "max_length": args.max_length}
 
 
@@ -175,7 +176,10 @@ def build_parser() -> argparse.ArgumentParser:
     model = _Parser(add_help=False)
     model.add_argument("--model", default="runs/latest", help="model or run directory (default: runs/latest)")
     decoding = _Parser(add_help=False)
-    decoding.add_argument("--strategy", default="greedy", help="greedy, sample or beam")
+    # No default here: the parent's actions are shared by every subcommand, so a per-command
+    # default (sample for generate, greedy otherwise) is applied in _decoding.
+    decoding.add_argument("--strategy", default=None,
+                          help="greedy, sample or beam (default: sample for generate, greedy otherwise)")
     decoding.add_argument("--temperature", type=float, default=1.0, help="softmax temperature for sampling")
     decoding.add_argument("--top-k", type=int, default=None, help="sample from the k most likely tokens")
     decoding.add_argument("--top-p", type=float, default=None, help="nucleus sampling mass in (0, 1]")
@@ -188,7 +192,7 @@ def build_parser() -> argparse.ArgumentParser:
     generate.add_argument("--n", type=int, default=20, help="number of sentences")
     generate.add_argument("--seed", type=int, default=None, help="random seed (same seed, same output)")
     generate.add_argument("--batch-size", type=int, default=500, help="sentences decoded together")
-    generate.set_defaults(handler=cmd_generate, strategy="sample")
+    generate.set_defaults(handler=cmd_generate)
 
     interpolate = commands.add_parser("interpolate", parents=[common, model, decoding],
                                       help="decode the latent path between two sentences")

@@ -183,7 +183,7 @@ class TrainerConfig:
     devices: Union[int, str, list[int]] = "auto"  # device count, list of ids, or auto
     strategy: str = "auto"  # auto, ddp, ddp_spawn, fsdp, ...
     num_nodes: int = 1  # machines for multi-node DDP
-    precision: str = "32-true"  # 32-true, bf16-mixed (GPU, or CPU autocast), 16-mixed (GPU)
+    precision: Union[str, int] = "32-true"  # 32-true, bf16-mixed (GPU, or CPU autocast), 16-mixed (GPU)
     gradient_clip_val: float = 1.0  # clip the gradient norm to this (0 disables)
     accumulate_grad_batches: int = 1  # batches per optimizer step
     log_every_n_steps: int = 50  # how often training metrics reach the CSV log

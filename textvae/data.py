@@ -247,6 +247,9 @@ class BucketBatchSampler(Sampler[list[int]]):
             batches = [batches[i] for i in torch.randperm(len(batches), generator=generator)]
         while len(batches) % self.num_replicas:
             largest = max(range(len(batches)), key=lambda i: len(batches[i]))
+            if len(batches[largest]) == 1:
+                raise UserError(f"data: {count} sentences in batches of 1 cannot be split evenly across "
+                                f"{self.num_replicas} devices; use a larger data.batch_size")
             half = len(batches[largest]) // 2
             batches[largest: largest + 1] = [batches[largest][:half], batches[largest][half:]]
         return [batch.tolist() for batch in batches]

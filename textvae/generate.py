@@ -15,6 +15,8 @@ import torch
 from textvae.model import VAE
 from textvae.tokenizer import BOS_ID, EOS_ID, PAD_ID
 
+NEVER_GENERATED = (PAD_ID, BOS_ID)
+
 STRATEGIES = ("greedy", "sample", "beam")
 
 
@@ -50,6 +52,7 @@ def decode_codes(model: VAE, z: torch.Tensor, strategy: str = "greedy", max_leng
     for position in range(max_length):
         features, state = decoder.step(token, state, use_cache=use_cache)
         logits = model.logits(features).float()  # (A, V)
+        logits[:, NEVER_GENERATED] = float("-inf")
         if strategy == "greedy":
             token = logits.argmax(-1)
         else:
@@ -83,7 +86,9 @@ def _beam_search(model: VAE, z: torch.Tensor, beam_size: int, max_length: int, u
     finished = torch.zeros(rows, dtype=torch.bool, device=device)
     for _ in range(max_length):
         features, state = decoder.step(token, state, use_cache=use_cache)
-        logprobs = model.logits(features).float().log_softmax(-1)  # (R, V)
+        logits = model.logits(features).float()
+        logits[:, NEVER_GENERATED] = float("-inf")
+        logprobs = logits.log_softmax(-1)  # (R, V)
         vocab = logprobs.size(-1)
         # A finished hypothesis only extends with padding, at no cost.
         logprobs[finished] = float("-inf")

@@ -116,7 +116,12 @@ class DecoderBlock(nn.Module):
 
     def _attend(self, q, k, v, causal: bool) -> torch.Tensor:
         dropout = self.attention_dropout if self.training else 0.0
-        out = F.scaled_dot_product_attention(q, k, v, dropout_p=dropout, is_causal=causal)  # (B, h, T, d)
+        queries, keys = q.size(2), k.size(2)
+        if causal and queries != keys:  # new positions after a cached prefix: align the mask bottom-right
+            mask = torch.ones(queries, keys, dtype=torch.bool, device=q.device).tril(keys - queries)
+            out = F.scaled_dot_product_attention(q, k, v, attn_mask=mask, dropout_p=dropout)
+        else:
+            out = F.scaled_dot_product_attention(q, k, v, dropout_p=dropout, is_causal=causal)  # (B, h, T, d)
         batch, heads, length, dim = out.shape
         return out.transpose(1, 2).reshape(batch, length, heads * dim)
 

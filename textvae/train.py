@@ -6,7 +6,9 @@ the best checkpoint, `metrics.json` (SPEC §7 on valid and test), `samples.txt` 
 `curves.png`; `runs/latest` points at the newest run. Choices worth knowing:
 
 - The run directory is checked (writable; not an existing run unless `resume`/`overwrite`)
-  before any data is read, and only rank 0 writes outside Lightning's own checkpointing.
+  before any data is read, but changed (old checkpoints/logs cleared, `config.yaml` written)
+  only once data and trainer settings have passed, so bad input loses nothing. Only rank 0
+  writes outside Lightning's own checkpointing.
 - Under `strategy: ddp` Lightning re-launches this command once per extra device; those
   processes skip the run-directory checks (they see the directory rank 0 just made).
 - SIGINT/SIGTERM save `last.ckpt` and end with `Interrupted`; a diverged loss ends with
@@ -32,7 +34,7 @@ from lightning.pytorch.callbacks import Callback, ModelCheckpoint
 from lightning.pytorch.loggers import CSVLogger
 from lightning.pytorch.loggers.csv_logs import ExperimentWriter
 from lightning.pytorch.loggers.logger import rank_zero_experiment
-from lightning.pytorch.utilities.exceptions import SIGTERMException
+from lightning.pytorch.utilities.exceptions import MisconfigurationException, SIGTERMException
 
 from textvae.api import TextVAE, atomic_write_dir
 from textvae.config import Config, dump_config, from_dict
@@ -67,8 +69,6 @@ def prepare_run_dir(run_dir: Path, resume: bool, overwrite: bool) -> Path | None
         if not overwrite:
             raise UserError(f"train: {run_dir} already holds a run; pass --resume to continue it or --overwrite "
                             f"to start again (or set --output_dir)")
-        for name in ("checkpoints", "logs"):  # model/ stays until a new export replaces it
-            shutil.rmtree(run_dir / name, ignore_errors=True)
     try:
         run_dir.mkdir(parents=True, exist_ok=True)
         probe = run_dir / f".write-test-{os.getpid()}"
@@ -135,9 +135,6 @@ def train(config: Config, resume: bool = False, overwrite: bool = False) -> Path
     resume_from = run_dir / "checkpoints" / "last.ckpt" if resume else None
     if not child:
         resume_from = prepare_run_dir(run_dir, resume, overwrite)
-        atomic_write_text(run_dir / "config.yaml", dump_config(config))
-        if resume_from is not None:
-            trim_log(run_dir / "logs" / "metrics.csv", _checkpoint_step(resume_from) + 1)
     L.seed_everything(config.seed, workers=True, verbose=False)
     datamodule = TextDataModule(config)
     datamodule.prepare_data()
@@ -164,8 +161,18 @@ def train(config: Config, resume: bool = False, overwrite: bool = False) -> Path
     kwargs = config.trainer.lightning_kwargs()
     if kwargs["enable_progress_bar"] is None:
         kwargs["enable_progress_bar"] = sys.stderr.isatty()
-    trainer = L.Trainer(**kwargs, default_root_dir=run_dir, callbacks=callbacks, logger=loggers,
-                        use_distributed_sampler=False, enable_model_summary=False)
+    try:
+        trainer = L.Trainer(**kwargs, default_root_dir=run_dir, callbacks=callbacks, logger=loggers,
+                            use_distributed_sampler=False, enable_model_summary=False)
+    except (ValueError, MisconfigurationException, ModuleNotFoundError) as error:
+        raise UserError(f"config: trainer: {str(error).splitlines()[0]}") from None
+    if not child:  # config, data and trainer settings are good: only now does the run directory change
+        if overwrite and resume_from is None:
+            for name in ("checkpoints", "logs"):  # model/ stays until a new export replaces it
+                shutil.rmtree(run_dir / name, ignore_errors=True)
+        atomic_write_text(run_dir / "config.yaml", dump_config(config))
+        if resume_from is not None:
+            trim_log(run_dir / "logs" / "metrics.csv", _checkpoint_step(resume_from) + 1)
     try:
         trainer.fit(system, datamodule=datamodule, ckpt_path=resume_from)
     except (SystemExit, SIGTERMException):
