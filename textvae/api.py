@@ -29,7 +29,7 @@ from textvae.errors import UserError
 from textvae.generate import STRATEGIES, decode_codes
 from textvae.metrics import iw_nll, target_tokens
 from textvae.model import VAE
-from textvae.tokenizer import UNK, UNK_ID, decode_ids, encode_batch, frame, load_tokenizer, save_tokenizer
+from textvae.tokenizer import PAD_ID, UNK, UNK_ID, decode_ids, encode_batch, frame, load_tokenizer, save_tokenizer
 
 log = logging.getLogger("textvae")
 
@@ -171,12 +171,13 @@ class TextVAE:
 
     def _batches(self, ids: list[list[int]], batch_size: int) -> Iterator[tuple[list[int], torch.Tensor]]:
         """(positions in the input, padded tokens) for length-sorted batches."""
-        from textvae.data import collate
+        from torch.nn.utils.rnn import pad_sequence  # not data.collate: data.py imports Lightning (seconds)
 
         order = sorted(range(len(ids)), key=lambda i: len(ids[i]))
         for start in range(0, len(order), batch_size):
             positions = order[start: start + batch_size]
-            yield positions, collate([(i, ids[i]) for i in positions])["tokens"].to(self.device)
+            rows = [torch.tensor(ids[i], dtype=torch.long) for i in positions]
+            yield positions, pad_sequence(rows, batch_first=True, padding_value=PAD_ID).to(self.device)
 
     # ----------------------------------------------------------------------------- operations
     @torch.no_grad()

@@ -50,8 +50,11 @@ def train_tokenizer(lines: Iterable[str], kind: str, vocab_size: int = 10000, mi
 
 
 def encode_batch(tokenizer: Tokenizer, sentences: list[str]) -> list[list[int]]:
-    """Token ids of each sentence, without <bos>/<eos>."""
-    return [encoding.ids for encoding in tokenizer.encode_batch(sentences, add_special_tokens=False)]
+    """Token ids of each sentence, without <bos>/<eos>. A literal "<pad>", "<bos>" or "<eos>" in the
+    text is an unknown word (<unk>): as its special id it would mask or end the sentence."""
+    framing = {PAD_ID, BOS_ID, EOS_ID}
+    return [[UNK_ID if i in framing else i for i in encoding.ids]
+            for encoding in tokenizer.encode_batch(sentences, add_special_tokens=False)]
 
 
 def frame(ids: list[int], max_length: int | None = None) -> list[int]:

@@ -146,7 +146,7 @@ def train(config: Config, resume: bool = False, overwrite: bool = False) -> Path
     callbacks = [
         ModelCheckpoint(dirpath=checkpoints, filename="best", monitor="valid/elbo", mode="min", save_top_k=1,
                         save_last=True, enable_version_counter=False),
-        ModelCheckpoint(dirpath=checkpoints, save_top_k=0, save_last=True,
+        ModelCheckpoint(dirpath=checkpoints, save_top_k=0, save_last=True, enable_version_counter=False,
                         every_n_train_steps=config.trainer.checkpoint_every_n_steps),
         interrupt,
     ]

@@ -1,0 +1,205 @@
+"""The Python API (`TextVAE`) on models of both decoders trained through the CLI."""
+
+from __future__ import annotations
+
+import logging
+import random
+
+import pytest
+import torch
+
+from textvae.api import TextVAE
+from textvae.tokenizer import UNK_ID
+
+DECODERS = ["gru_run", "transformer_run"]
+SENTENCES = ["the cat saw the ball", "a small bird found a red car yesterday", "my sister called her friend again",
+             "the teacher watched the river at night"]
+STRATEGIES = [
+    {"strategy": "greedy"},
+    {"strategy": "sample"},
+    {"strategy": "sample", "temperature": 0.7},
+    {"strategy": "sample", "top_k": 5},
+    {"strategy": "sample", "top_p": 0.9},
+    {"strategy": "sample", "temperature": 1.3, "top_k": 20, "top_p": 0.95},
+    {"strategy": "beam", "beam_size": 3},
+]
+
+
+@pytest.fixture(scope="module", params=DECODERS)
+def vae(request) -> TextVAE:
+    return TextVAE.from_pretrained(request.getfixturevalue(request.param))
+
+
+@pytest.fixture(scope="module")
+def gru_vae(gru_run) -> TextVAE:
+    return TextVAE.from_pretrained(gru_run)
+
+
+def known_words(vae: TextVAE, sentence: str) -> bool:
+    vocab = vae.tokenizer.get_vocab()
+    return all(word in vocab for word in sentence.split())
+
+
+def test_loads_the_trained_decoder(request):
+    for name, decoder in (("gru_run", "gru"), ("transformer_run", "transformer")):
+        loaded = TextVAE.from_pretrained(request.getfixturevalue(name))
+        assert loaded.config.model.decoder.type == decoder
+        assert loaded.latent_dim == 8 and not loaded.model.training
+
+
+def test_sample_is_seeded(vae):
+    samples = vae.sample(n=20, seed=0)
+    assert len(samples) == 20 and all(isinstance(s, str) for s in samples)
+    assert all(known_words(vae, s) for s in samples)
+    assert vae.sample(n=20, seed=0) == samples
+    assert vae.sample(n=20, seed=1) != samples
+    # Batching must not change what a seed produces for the first batch.
+    assert vae.sample(n=20, seed=0, batch_size=20) == samples
+
+
+@pytest.mark.parametrize("decoding", STRATEGIES, ids=lambda d: "-".join(f"{k}={v}" for k, v in d.items()))
+def test_every_strategy_runs(vae, decoding):
+    samples = vae.sample(n=6, seed=3, max_length=12, **decoding)
+    assert len(samples) == 6 and all(isinstance(s, str) for s in samples)
+    assert all(len(s.split()) <= 12 and known_words(vae, s) for s in samples)
+    assert vae.sample(n=6, seed=3, max_length=12, **decoding) == samples
+
+
+def test_degenerate_settings_equal_greedy(vae):
+    z = torch.randn(8, vae.latent_dim, generator=torch.Generator().manual_seed(0))
+    greedy = vae.decode(z, strategy="greedy")
+    assert vae.decode(z, strategy="greedy") == greedy
+    assert vae.decode(z, strategy="sample", top_k=1, seed=5) == greedy
+    assert vae.decode(z, strategy="sample", top_p=1e-6, seed=5) == greedy
+    assert vae.decode(z, strategy="beam", beam_size=1) == greedy
+    assert vae.decode(z, strategy="greedy", use_cache=False) == greedy
+
+
+def test_encode_returns_posterior_means(vae):
+    codes = vae.encode(SENTENCES)
+    assert codes.shape == (len(SENTENCES), vae.latent_dim) and codes.dtype == torch.float32
+    torch.testing.assert_close(vae.encode(SENTENCES), codes, rtol=0, atol=0)
+    # Means do not depend on the other sentences of the batch (padding is masked).
+    torch.testing.assert_close(vae.encode(SENTENCES[:1])[0], codes[0], rtol=1e-5, atol=1e-5)
+    torch.testing.assert_close(vae.encode(SENTENCES[::-1]), codes.flip(0), rtol=1e-5, atol=1e-5)
+    with torch.no_grad():
+        mean, _ = vae.model.encode(next(vae._batches(vae.tokenize(SENTENCES[:1]), 1))[1])
+    torch.testing.assert_close(mean[0], codes[0], rtol=1e-5, atol=1e-5)
+
+
+def test_encode_sample_draws_from_posterior(vae):
+    means = vae.encode(SENTENCES)
+    drawn = vae.encode(SENTENCES, sample=True, seed=0)
+    assert drawn.shape == means.shape
+    assert not torch.allclose(drawn, means)
+    torch.testing.assert_close(vae.encode(SENTENCES, sample=True, seed=0), drawn, rtol=0, atol=0)
+    assert not torch.allclose(vae.encode(SENTENCES, sample=True, seed=1), drawn)
+    # Many draws average to the posterior mean.
+    many = vae.encode(SENTENCES[:1] * 2000, sample=True, seed=2)
+    torch.testing.assert_close(many.mean(0), means[0], rtol=0, atol=0.15)
+
+
+def test_decode_of_encode_is_reconstruct(vae):
+    reconstructions = vae.reconstruct(SENTENCES)
+    assert len(reconstructions) == len(SENTENCES) and all(isinstance(s, str) for s in reconstructions)
+    assert vae.decode(vae.encode(SENTENCES)) == reconstructions
+    assert vae.reconstruct(SENTENCES[::-1]) == reconstructions[::-1]  # outputs stay in input order
+
+
+@pytest.mark.parametrize("method", ["slerp", "linear"])
+def test_interpolate_endpoints_are_reconstructions(vae, method):
+    a, b = SENTENCES[0], SENTENCES[1]
+    path = vae.interpolate(a, b, steps=8, method=method)
+    assert len(path) == 10 and all(isinstance(s, str) for s in path)
+    assert path[0] == vae.reconstruct([a])[0]
+    assert path[-1] == vae.reconstruct([b])[0]
+    assert len(vae.interpolate(a, b, steps=1, method=method)) == 3
+
+
+def test_slerp_and_linear_paths_differ_in_the_middle(vae):
+    from textvae.api import slerp
+
+    start, end = vae.encode(SENTENCES[:2])
+    t = torch.linspace(0, 1, 10)
+    spherical = slerp(start, end, t)
+    torch.testing.assert_close(spherical[0], start)
+    torch.testing.assert_close(spherical[-1], end)
+    linear = (1 - t[:, None]) * start + t[:, None] * end
+    assert not torch.allclose(spherical[1:-1], linear[1:-1])
+
+
+def test_score_shapes_and_tokens(vae):
+    nll, tokens = vae.score(SENTENCES, iw_samples=5)
+    assert nll.shape == tokens.shape == (len(SENTENCES),)
+    assert nll.dtype == torch.float32 and not tokens.dtype.is_floating_point
+    assert tokens.tolist() == [len(s.split()) + 1 for s in SENTENCES]
+    assert torch.isfinite(nll).all() and (nll > 0).all()
+    torch.testing.assert_close(vae.score(SENTENCES, iw_samples=5)[0], nll)  # fixed default seed
+    reordered, _ = vae.score(SENTENCES[::-1], iw_samples=5)
+    torch.testing.assert_close(reordered.flip(0), nll, rtol=0, atol=0.5)
+
+
+def test_iw_bound_is_tighter_than_elbo(vae, tiny_corpus):
+    sentences = tiny_corpus["valid"].read_text().splitlines()[:40]
+    elbo, _ = vae.score(sentences, iw_samples=1, seed=0)
+    iw, _ = vae.score(sentences, iw_samples=50, seed=0)
+    assert iw.mean() <= elbo.mean() + 1e-4
+    assert (iw <= elbo + 1.0).float().mean() > 0.9
+
+
+def test_corpus_scores_better_than_shuffled_words(gru_vae, tiny_corpus):
+    sentences = tiny_corpus["train"].read_text().splitlines()[:60]
+    rng = random.Random(0)
+    shuffled = []
+    for sentence in sentences:
+        words = sentence.split()
+        while " ".join(words) == sentence:
+            rng.shuffle(words)
+        shuffled.append(" ".join(words))
+    nll, tokens = gru_vae.score(sentences, iw_samples=5)
+    nll_shuffled, tokens_shuffled = gru_vae.score(shuffled, iw_samples=5)
+    assert torch.equal(tokens, tokens_shuffled)
+    per_token, per_token_shuffled = nll / tokens, nll_shuffled / tokens_shuffled
+    assert per_token.mean() + 0.5 < per_token_shuffled.mean()
+    assert (per_token < per_token_shuffled).float().mean() > 0.9
+
+
+def test_save_pretrained_round_trip(vae, tmp_path):
+    target = tmp_path / "nested" / "copy"
+    assert vae.save_pretrained(target) == target
+    assert {p.name for p in target.iterdir()} >= {"config.json", "model.safetensors", "tokenizer.json",
+                                                   "tokenizer_config.json"}
+    assert [p.name for p in target.parent.iterdir()] == ["copy"]  # no temporary directories left
+    loaded = TextVAE.from_pretrained(target)
+    assert loaded.config == vae.config and loaded.extra == vae.extra
+    torch.testing.assert_close(loaded.encode(SENTENCES), vae.encode(SENTENCES), rtol=0, atol=0)
+    torch.testing.assert_close(loaded.score(SENTENCES, iw_samples=3)[0], vae.score(SENTENCES, iw_samples=3)[0])
+    assert loaded.sample(n=5, seed=0) == vae.sample(n=5, seed=0)
+    vae.save_pretrained(target)  # saving over an existing export replaces it
+    torch.testing.assert_close(TextVAE.from_pretrained(target).encode(SENTENCES), vae.encode(SENTENCES))
+
+
+@pytest.fixture
+def textvae_log(caplog):
+    """caplog attached to the 'textvae' logger itself (the CLI turns off its propagation)."""
+    logger = logging.getLogger("textvae")
+    propagate = logger.propagate
+    logger.addHandler(caplog.handler)
+    logger.propagate = False  # each record once, whether or not the root logger would pass it on
+    caplog.set_level(logging.WARNING, logger="textvae")
+    yield caplog
+    logger.removeHandler(caplog.handler)
+    logger.propagate = propagate
+
+
+def test_unknown_words_warn_and_map_to_unk(vae, textvae_log):
+    sentence = "the cat saw the zyzzyva"
+    assert "zyzzyva" not in vae.tokenizer.get_vocab()
+    codes = vae.encode([sentence])
+    warnings = [r for r in textvae_log.records if r.levelno == logging.WARNING and r.name == "textvae"]
+    assert len(warnings) == 1 and "unknown" in warnings[0].getMessage() and "<unk>" in warnings[0].getMessage()
+    assert vae.tokenize([sentence])[0][-2] == UNK_ID
+    torch.testing.assert_close(codes, vae.encode(["the cat saw the <unk>"]), rtol=0, atol=0)
+    textvae_log.clear()
+    vae.encode(SENTENCES)
+    assert not [r for r in textvae_log.records if r.levelno >= logging.WARNING]  # known words: no warning

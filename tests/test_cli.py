@@ -1,0 +1,219 @@
+"""The `textvae` inference subcommands, run as a user would, against the Python API's answers."""
+
+from __future__ import annotations
+
+import json
+import os
+import random
+import select
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from conftest import run_cli
+from textvae.api import TextVAE
+
+METRIC_KEYS = {"rec", "kl", "elbo", "nll", "ppl", "mi", "au", "rec_bleu", "distinct_1", "distinct_2", "novel"}
+SENTENCES = ["the cat saw the ball", "a small bird found a red car yesterday", "my sister called her friend again",
+             "the teacher watched the river at night", "the old man liked the market in the morning"]
+
+
+def workdir(run_dir: Path) -> Path:
+    """The working directory the run was trained in (its runs/latest points at the run)."""
+    return run_dir.parent.parent
+
+
+def ok(result: subprocess.CompletedProcess) -> list[str]:
+    assert result.returncode == 0, result.stderr[-3000:]
+    return result.stdout.splitlines()
+
+
+@pytest.fixture(scope="module")
+def models(gru_run, transformer_run) -> dict[str, tuple[Path, TextVAE]]:
+    return {name: (run, TextVAE.from_pretrained(run)) for name, run in
+            (("gru_run", gru_run), ("transformer_run", transformer_run))}
+
+
+@pytest.fixture(scope="module")
+def sentence_file(tmp_path_factory) -> Path:
+    path = tmp_path_factory.mktemp("cli_input") / "sentences.txt"
+    path.write_text("\n".join(SENTENCES) + "\n")
+    return path
+
+
+def test_generate_uses_latest_model_and_seed(models):
+    run, vae = models["gru_run"]
+    explicit = ok(run_cli(["generate", "--n", "20", "--seed", "7", "--model", str(run / "model")], cwd=workdir(run)))
+    assert len(explicit) == 20 and all(line.strip() for line in explicit)
+    default = ok(run_cli(["generate", "--n", "20", "--seed", "7"], cwd=workdir(run)))  # --model runs/latest
+    assert default == explicit
+    assert explicit == vae.sample(n=20, seed=7, strategy="sample")
+
+
+GENERATE_CASES = [
+    ("gru_run", "text", ["--strategy", "greedy"]),
+    ("gru_run", "text", ["--strategy", "sample", "--temperature", "0.8", "--top-k", "10", "--top-p", "0.9"]),
+    ("gru_run", "text", ["--strategy", "beam", "--beam-size", "3"]),
+    ("transformer_run", "jsonl", ["--strategy", "greedy"]),
+    ("transformer_run", "jsonl", ["--strategy", "sample", "--temperature", "0.8", "--top-k", "10", "--top-p", "0.9"]),
+    ("transformer_run", "jsonl", ["--strategy", "beam", "--beam-size", "3"]),
+]
+
+
+@pytest.mark.parametrize("name,fmt,options", GENERATE_CASES, ids=lambda v: v if isinstance(v, str) else v[1])
+def test_generate_strategies(models, name, fmt, options):
+    run, vae = models[name]
+    lines = ok(run_cli(["generate", "--n", "5", "--seed", "1", "--max-length", "15", "--format", fmt, *options,
+                        "--model", str(run)], cwd=workdir(run)))
+    assert len(lines) == 5
+    texts = [json.loads(line)["text"] for line in lines] if fmt == "jsonl" else lines
+    if fmt == "jsonl":
+        assert all(set(json.loads(line)) == {"text"} for line in lines)
+    keyword = {"--strategy": "strategy", "--temperature": "temperature", "--top-k": "top_k", "--top-p": "top_p",
+               "--beam-size": "beam_size"}
+    decoding = {keyword[flag]: (value if flag == "--strategy" else float(value) if "." in value else int(value))
+                for flag, value in zip(options[::2], options[1::2])}
+    assert texts == vae.sample(n=5, seed=1, max_length=15, **decoding)
+
+
+def test_generate_streams(models):
+    run, vae = models["gru_run"]
+    env = {key: value for key, value in os.environ.items() if key != "PYTHONUNBUFFERED"}  # a plain pipe
+    # Ten million sentences take hours: output within the timeout proves they are streamed, not collected.
+    process = subprocess.Popen([sys.executable, "-m", "textvae.cli", "generate", "--n", "10000000", "--seed", "0"],
+                               cwd=workdir(run), env=env, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True)
+    try:
+        ready, _, _ = select.select([process.stdout], [], [], 90)
+        assert ready, "no output within 90 s"
+        first = [process.stdout.readline().rstrip("\n") for _ in range(3)]
+        assert process.poll() is None  # still generating: lines come out as they are made
+    finally:
+        process.kill()
+        process.wait()
+    assert first == vae.sample(n=500, seed=0)[:3]
+
+
+def test_interpolate_matches_api(models):
+    run, vae = models["transformer_run"]
+    a, b = SENTENCES[0], SENTENCES[1]
+    lines = ok(run_cli(["interpolate", a, b, "--steps", "3"], cwd=workdir(run)))
+    assert len(lines) == 5
+    assert lines == vae.interpolate(a, b, steps=3)
+    assert lines[0] == vae.reconstruct([a])[0] and lines[-1] == vae.reconstruct([b])[0]
+
+
+def test_reconstruct_file(models, sentence_file):
+    run, vae = models["gru_run"]
+    lines = ok(run_cli(["reconstruct", str(sentence_file)], cwd=workdir(run)))
+    assert lines == vae.reconstruct(SENTENCES)
+
+
+@pytest.fixture(scope="module")
+def transformer_reconstructions(models, sentence_file) -> list[str]:
+    """`textvae reconstruct -` of the sentence file on stdin, with the transformer model."""
+    run, _ = models["transformer_run"]
+    return ok(run_cli(["reconstruct", "-", "--model", str(run)], cwd=workdir(run), input=sentence_file.read_text()))
+
+
+def test_reconstruct_stdin(models, transformer_reconstructions):
+    _, vae = models["transformer_run"]
+    assert transformer_reconstructions == vae.reconstruct(SENTENCES)
+
+
+def test_encode_then_decode_is_reconstruct(models, sentence_file, transformer_reconstructions, tmp_path):
+    run, vae = models["transformer_run"]
+    codes_path = tmp_path / "codes.npy"
+    result = run_cli(["encode", str(sentence_file), "--out", str(codes_path), "--model", str(run)], cwd=workdir(run))
+    assert ok(result) == []  # codes go to the file, not stdout
+    codes = np.load(codes_path)
+    assert codes.dtype == np.float32 and codes.shape == (len(SENTENCES), vae.latent_dim)
+    np.testing.assert_allclose(codes, vae.encode(SENTENCES).numpy(), rtol=0, atol=1e-6)
+    assert [p.name for p in tmp_path.iterdir()] == ["codes.npy"]  # no temporary file left
+    decoded = ok(run_cli(["decode", str(codes_path), "--model", str(run)], cwd=workdir(run)))
+    assert decoded == transformer_reconstructions
+
+
+@pytest.fixture(scope="module")
+def score_input(tmp_path_factory, tiny_corpus) -> tuple[Path, list[str], list[bool]]:
+    """Held-out corpus sentences mixed with word-shuffled ones (the anomalies)."""
+    normal = tiny_corpus["test"].read_text().splitlines()[:20]
+    rng = random.Random(0)
+    lines, shuffled = [], []
+    for sentence in normal:
+        words = sentence.split()
+        while " ".join(words) == sentence:
+            rng.shuffle(words)
+        lines += [sentence, " ".join(words)]
+        shuffled += [False, True]
+    path = tmp_path_factory.mktemp("score") / "lines.txt"
+    path.write_text("\n".join(lines) + "\n")
+    return path, lines, shuffled
+
+
+def parse_score_text(lines: list[str]) -> list[tuple[float, float, int, str, str]]:
+    rows = []
+    for line in lines:
+        nll, per_token, tokens, flag, sentence = line.split("\t")
+        rows.append((float(nll), float(per_token), int(tokens), flag, sentence))
+    return rows
+
+
+def test_score_threshold(models, score_input):
+    run, vae = models["gru_run"]
+    path, lines, _ = score_input
+    nll, tokens = vae.score(lines, iw_samples=10, seed=0)
+    per_token = sorted((nll / tokens).tolist())
+    threshold = (per_token[len(per_token) // 2 - 1] + per_token[len(per_token) // 2]) / 2  # between two values
+    output = ok(run_cli(["score", str(path), "--iw-samples", "10", "--threshold", f"{threshold:.6f}"],
+                        cwd=workdir(run)))
+    rows = parse_score_text(output)
+    assert [row[4] for row in rows] == lines
+    assert [row[2] for row in rows] == [len(line.split()) + 1 for line in lines] == tokens.tolist()
+    np.testing.assert_allclose([row[0] for row in rows], nll.numpy(), atol=2e-3)
+    np.testing.assert_allclose([row[1] for row in rows], (nll / tokens).numpy(), atol=2e-4)
+    expected = ["ANOMALY" if value > threshold else "ok" for value in (nll / tokens).tolist()]
+    assert [row[3] for row in rows] == expected
+    assert expected.count("ANOMALY") == len(lines) // 2
+
+
+def test_score_percentile_jsonl(models, score_input):
+    run, vae = models["gru_run"]
+    path, lines, shuffled = score_input
+    output = ok(run_cli(["score", str(path), "--iw-samples", "10", "--percentile", "95", "--format", "jsonl"],
+                        cwd=workdir(run)))
+    records = [json.loads(line) for line in output]
+    assert [r["text"] for r in records] == lines
+    assert all(set(r) == {"text", "nll", "nll_per_token", "tokens", "anomaly"} for r in records)
+    threshold = vae.anomaly_threshold(95)
+    assert vae.anomaly_threshold(50) < threshold
+    nll, tokens = vae.score(lines, iw_samples=10, seed=0)
+    for record, value, count in zip(records, nll.tolist(), tokens.tolist()):
+        assert record["tokens"] == count and record["nll"] == pytest.approx(value, abs=1e-4)
+        assert record["nll_per_token"] == pytest.approx(value / count, abs=1e-5)
+        assert record["anomaly"] is (value / count > threshold)
+    # Word-shuffled sentences are the anomalies: nearly all are flagged, far more than held-out ones.
+    flagged_shuffled = np.mean([r["anomaly"] for r, s in zip(records, shuffled) if s])
+    flagged_normal = np.mean([r["anomaly"] for r, s in zip(records, shuffled) if not s])
+    assert flagged_shuffled >= 0.8 and flagged_normal <= flagged_shuffled - 0.3, (flagged_shuffled, flagged_normal)
+
+
+def test_evaluate_json(models, tiny_corpus):
+    run, _ = models["gru_run"]
+    output = ok(run_cli(["evaluate", "--json", "--iw-samples", "5", "--model", str(run)], cwd=workdir(run)))
+    assert len(output) == 1
+    metrics = json.loads(output[0])
+    assert METRIC_KEYS <= metrics.keys()
+    assert metrics["split"] == "test" and metrics["iw_samples"] == 5
+    test_lines = tiny_corpus["test"].read_text().splitlines()
+    assert metrics["sentences"] == len(test_lines)
+    assert metrics["tokens"] == sum(len(line.split()) + 1 for line in test_lines)
+    assert metrics["elbo"] == pytest.approx(metrics["rec"] + metrics["kl"], rel=1e-5)
+    assert metrics["ppl"] == pytest.approx(torch.tensor(metrics["nll"] * metrics["sentences"] / metrics["tokens"])
+                                           .exp().item(), rel=1e-4)
+    assert 0 <= metrics["rec_bleu"] <= 100  # BLEU-4 in percent
+    for key in ("distinct_1", "distinct_2", "novel"):
+        assert 0 <= metrics[key] <= 1, key
