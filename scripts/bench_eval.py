@@ -22,15 +22,16 @@ from textvae.bench import machine, matmul_gflops, model_flops_per_token
 from textvae.config import load_config
 from textvae.data import load_corpus
 from textvae.model import VAE
-from textvae.metrics import iw_nll
+from textvae.metrics import autocast, iw_batch_size, iw_nll
 
 
 @torch.no_grad()
-def iw_nll_split(vae: TextVAE, ids: list[list[int]], samples: int) -> torch.Tensor:
+def iw_nll_split(vae: TextVAE, ids: list[list[int]], samples: int, precision: str) -> torch.Tensor:
     generator = torch.Generator().manual_seed(0)
     nll = torch.zeros(len(ids))
-    for positions, batch in vae._batches(ids, max(8, 4096 // samples)):
-        nll[positions] = iw_nll(vae.model, batch, samples, generator=generator)[0]
+    for positions, batch in vae._batches(ids, iw_batch_size(samples)):
+        with autocast(vae.device, precision):
+            nll[positions] = iw_nll(vae.model, batch, samples, generator=generator)[0]
     return nll
 
 
@@ -40,6 +41,7 @@ def main(argv=None) -> None:
     source.add_argument("--model", help="trained model or run directory")
     source.add_argument("--config", help="config for an untrained model of the same shape")
     parser.add_argument("--iw-samples", type=int, default=500)
+    parser.add_argument("--precision", choices=("32", "bf16"), default="32", help="bf16: autocast")
     parser.add_argument("--limit", type=int, default=None, help="time only the first N test sentences")
     args = parser.parse_args(argv)
     if args.model:
@@ -52,8 +54,9 @@ def main(argv=None) -> None:
     ids = corpus["test"].ids
     subset = ids[: args.limit] if args.limit else ids
     fp32 = matmul_gflops(torch.float32)
+    bf16 = matmul_gflops(torch.bfloat16)
     start = time.perf_counter()
-    nll = iw_nll_split(vae, subset, args.iw_samples)
+    nll = iw_nll_split(vae, subset, args.iw_samples, args.precision)
     seconds = time.perf_counter() - start
     subset_tokens = sum(len(x) - 1 for x in subset)
     all_tokens = sum(len(x) - 1 for x in ids)
@@ -63,7 +66,8 @@ def main(argv=None) -> None:
         "iw_samples": args.iw_samples, "sentences": len(subset), "tokens": subset_tokens,
         "seconds_measured": seconds, "seconds": seconds * all_tokens / subset_tokens,
         "extrapolated": len(subset) < len(ids), "nll": nll.mean().item(),
-        "model_gflops": achieved, "matmul_gflops_fp32": fp32, "mfu": achieved / fp32,
+        "model_gflops": achieved, "matmul_gflops_fp32": fp32, "matmul_gflops_bf16": bf16,
+        "mfu": achieved / fp32, "mfu_bf16": achieved / bf16, "precision": args.precision,
         "threads": torch.get_num_threads(), "machine": machine()}))
 
 

@@ -30,6 +30,33 @@ def synthetic_sentences(count: int, seed: int) -> list[str]:
                                    rng.choice(ENDINGS)])) for _ in range(count)]
 
 
+def framed_batch(lengths: list[int], seed: int = 0, pad_to: int | None = None, vocab: int = 40):
+    """`<bos> w1 .. wn <eos>` rows of random word ids (never special), right-padded with PAD_ID."""
+    import torch
+
+    from textvae.tokenizer import BOS_ID, EOS_ID, PAD_ID
+
+    generator = torch.Generator().manual_seed(seed)
+    width = max(pad_to or 0, max(lengths) + 2)
+    tokens = torch.full((len(lengths), width), PAD_ID, dtype=torch.long)
+    for row, length in enumerate(lengths):
+        tokens[row, 0] = BOS_ID
+        tokens[row, 1: length + 1] = torch.randint(4, vocab, (length,), generator=generator)
+        tokens[row, length + 1] = EOS_ID
+    return tokens
+
+
+@pytest.fixture(scope="module")
+def single_thread():
+    """Tiny tensors run fastest on one thread (and do not fight other processes for the cores)."""
+    import torch
+
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
 @pytest.fixture(scope="session")
 def tiny_corpus(tmp_path_factory) -> dict[str, Path]:
     """train/valid/test files of a small synthetic grammar (one sentence per line)."""

@@ -7,11 +7,14 @@ import math
 
 import pytest
 import torch
+from conftest import framed_batch
 
 from textvae.config import DecoderConfig, EncoderConfig, ModelConfig
 from textvae.generate import decode_codes, filter_logits
 from textvae.model import VAE
 from textvae.tokenizer import BOS_ID, EOS_ID, PAD_ID
+
+pytestmark = pytest.mark.usefixtures("single_thread")
 
 VOCAB = 40
 LATENT = 8
@@ -19,24 +22,8 @@ DECODERS = ["gru", "transformer"]
 LENGTHS = [1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 2, 5, 8, 13]
 
 
-@pytest.fixture(autouse=True, scope="module")
-def single_thread():
-    """Tiny tensors run fastest on one thread (and do not fight other processes for the cores)."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
 
 
-def framed_batch(lengths: list[int], seed: int) -> torch.Tensor:
-    """`<bos> w1 .. wn <eos>` rows of random word ids (never special), right-padded with PAD_ID."""
-    generator = torch.Generator().manual_seed(seed)
-    tokens = torch.full((len(lengths), max(lengths) + 2), PAD_ID, dtype=torch.long)
-    for row, length in enumerate(lengths):
-        tokens[row, 0] = BOS_ID
-        tokens[row, 1: length + 1] = torch.randint(4, VOCAB, (length,), generator=generator)
-        tokens[row, length + 1] = EOS_ID
-    return tokens
 
 
 def words(tokens: torch.Tensor) -> list[list[int]]:
@@ -55,7 +42,7 @@ class Memorised:
             decoder=DecoderConfig(type=decoder_type, layers=2, hidden=32, embed_dim=24, heads=2, feedforward=64,
                                   dropout=0.0, max_positions=64))
         self.model = VAE(config, VOCAB).train()
-        self.tokens = framed_batch(LENGTHS, seed=3)
+        self.tokens = framed_batch(LENGTHS, seed=3, vocab=VOCAB)
         generator = torch.Generator().manual_seed(1)
         self.codes = torch.randn(len(LENGTHS), LATENT, generator=generator)
         optimizer = torch.optim.Adam(self.model.decoder.parameters(), lr=1e-2)

@@ -6,6 +6,7 @@ import math
 
 import pytest
 import torch
+from conftest import framed_batch
 from torch.distributions import Normal
 
 from textvae.config import DecoderConfig, EncoderConfig, ModelConfig
@@ -15,29 +16,15 @@ from textvae.metrics import (active_units, corpus_bleu, distinct_n, iw_nll, mutu
 from textvae.model import VAE
 from textvae.tokenizer import BOS_ID, EOS_ID, PAD_ID
 
+pytestmark = pytest.mark.usefixtures("single_thread")
+
 VOCAB = 30
 LATENT = 4
 DECODERS = ["gru", "transformer"]
 
 
-@pytest.fixture(autouse=True, scope="module")
-def single_thread():
-    """Tiny tensors run fastest on one thread (and do not fight other processes for the cores)."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
 
 
-def framed_batch(lengths: list[int], seed: int) -> torch.Tensor:
-    """`<bos> w1 .. wn <eos>` rows of random word ids (never special), right-padded with PAD_ID."""
-    generator = torch.Generator().manual_seed(seed)
-    tokens = torch.full((len(lengths), max(lengths) + 2), PAD_ID, dtype=torch.long)
-    for row, length in enumerate(lengths):
-        tokens[row, 0] = BOS_ID
-        tokens[row, 1: length + 1] = torch.randint(4, VOCAB, (length,), generator=generator)
-        tokens[row, length + 1] = EOS_ID
-    return tokens
 
 
 def tiny_vae(decoder_type: str) -> VAE:
@@ -80,7 +67,7 @@ def log_weight(model: VAE, tokens: torch.Tensor, z: torch.Tensor) -> torch.Tenso
 @pytest.mark.parametrize("decoder_type", DECODERS)
 def test_iw_nll_with_one_sample_is_the_elbo_of_that_code(decoder_type, monkeypatch):
     model = tiny_vae(decoder_type)
-    tokens = framed_batch([3, 7, 5, 1, 9, 4], seed=0)
+    tokens = framed_batch([3, 7, 5, 1, 9, 4], seed=0, vocab=VOCAB)
     calls = record_codes(model, monkeypatch)
     nll, elbo = iw_nll(model, tokens, samples=1, generator=torch.Generator().manual_seed(0))
     assert len(calls) == 1 and torch.equal(calls[0][0], tokens)
@@ -94,7 +81,7 @@ def test_iw_nll_with_one_sample_is_the_elbo_of_that_code(decoder_type, monkeypat
 @pytest.mark.parametrize("decoder_type", DECODERS)
 def test_iw_nll_matches_independent_logsumexp_across_chunks(decoder_type, monkeypatch):
     model = tiny_vae(decoder_type)
-    tokens = framed_batch([3, 7, 5, 1], seed=1)
+    tokens = framed_batch([3, 7, 5, 1], seed=1, vocab=VOCAB)
     calls = record_codes(model, monkeypatch)
     nll, elbo = iw_nll(model, tokens, samples=10, max_rows=12, generator=torch.Generator().manual_seed(1))
     assert len(calls) > 1  # the K codes were spread over several decoder batches
@@ -108,7 +95,7 @@ def test_iw_nll_matches_independent_logsumexp_across_chunks(decoder_type, monkey
 
 def test_single_sample_elbo_averages_to_rec_plus_analytic_kl(monkeypatch):
     model = tiny_vae("gru")
-    tokens = framed_batch([3, 7, 5, 1], seed=2).repeat(256, 1)  # 256 independent draws per sentence
+    tokens = framed_batch([3, 7, 5, 1], seed=2, vocab=VOCAB).repeat(256, 1)  # 256 independent draws per sentence
     calls = record_codes(model, monkeypatch)
     _, elbo = iw_nll(model, tokens, samples=1, generator=torch.Generator().manual_seed(2))
     with torch.no_grad():
@@ -124,7 +111,7 @@ def test_single_sample_elbo_averages_to_rec_plus_analytic_kl(monkeypatch):
 @pytest.mark.parametrize("decoder_type", DECODERS)
 def test_iw_bound_tightens_as_samples_grow(decoder_type):
     model = tiny_vae(decoder_type)
-    tokens = framed_batch([3, 7, 5, 1, 9, 4], seed=3).repeat(8, 1)  # 48 rows: averages over many draws
+    tokens = framed_batch([3, 7, 5, 1, 9, 4], seed=3, vocab=VOCAB).repeat(8, 1)  # 48 rows: averages over many draws
     averages = {}
     elbos = []
     for samples in (1, 10, 100):
@@ -143,7 +130,7 @@ def test_iw_bound_tightens_as_samples_grow(decoder_type):
 
 
 def test_ppl_and_target_tokens():
-    tokens = framed_batch([3, 1, 6], seed=4)
+    tokens = framed_batch([3, 1, 6], seed=4, vocab=VOCAB)
     assert target_tokens(tokens).tolist() == [4, 2, 7]  # words plus <eos>, not <bos>
     count = int(target_tokens(tokens).sum())
     # a model uniform over the vocabulary has perplexity = vocabulary size
@@ -157,7 +144,7 @@ def test_ppl_and_target_tokens():
 @pytest.mark.parametrize("decoder_type", DECODERS)
 def test_ppl_of_an_untrained_model_is_near_the_vocabulary_size(decoder_type):
     model = tiny_vae(decoder_type)
-    tokens = framed_batch([3, 7, 5, 1, 9, 4, 12, 2], seed=5)
+    tokens = framed_batch([3, 7, 5, 1, 9, 4, 12, 2], seed=5, vocab=VOCAB)
     nll, _ = iw_nll(model, tokens, samples=5, generator=torch.Generator().manual_seed(5))
     perplexity = ppl(nll.sum().item(), int(target_tokens(tokens).sum()))
     assert VOCAB / 2 < perplexity < VOCAB * 2

@@ -6,11 +6,14 @@ import time
 
 import pytest
 import torch
+from conftest import framed_batch
 import torch.nn.functional as F
 
 from textvae.config import DecoderConfig, EncoderConfig, ModelConfig
 from textvae.model import VAE
 from textvae.tokenizer import BOS_ID, EOS_ID, PAD_ID, UNK_ID
+
+pytestmark = pytest.mark.usefixtures("single_thread")
 
 VOCAB = 40
 DECODERS = ["gru", "transformer"]
@@ -29,25 +32,8 @@ def tiny_model(decoder_type: str, seed: int = 0, **decoder) -> VAE:
     return VAE(tiny_config(decoder_type, **decoder), VOCAB).eval()
 
 
-def framed_batch(lengths: list[int], seed: int = 0, pad_to: int | None = None) -> torch.Tensor:
-    """`<bos> w1 .. wn <eos>` rows of random word ids (never special), right-padded with PAD_ID."""
-    generator = torch.Generator().manual_seed(seed)
-    width = max(pad_to or 0, max(lengths) + 2)
-    tokens = torch.full((len(lengths), width), PAD_ID, dtype=torch.long)
-    for row, length in enumerate(lengths):
-        tokens[row, 0] = BOS_ID
-        tokens[row, 1: length + 1] = torch.randint(4, VOCAB, (length,), generator=generator)
-        tokens[row, length + 1] = EOS_ID
-    return tokens
 
 
-@pytest.fixture(autouse=True, scope="module")
-def single_thread():
-    """Tiny tensors run fastest on one thread (and do not fight other processes for the cores)."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
 
 
 def decoder_logits(model: VAE, inputs: torch.Tensor, z: torch.Tensor) -> torch.Tensor:
@@ -58,7 +44,7 @@ def decoder_logits(model: VAE, inputs: torch.Tensor, z: torch.Tensor) -> torch.T
 @pytest.mark.parametrize("decoder_type", DECODERS)
 def test_decoder_cannot_see_future_tokens(decoder_type):
     model = tiny_model(decoder_type)
-    inputs = framed_batch([10, 10, 10], seed=1)[:, :-1]  # (3, 11), no padding
+    inputs = framed_batch([10, 10, 10], seed=1, vocab=VOCAB)[:, :-1]  # (3, 11), no padding
     z = torch.randn(3, 8)
     with torch.no_grad():
         reference = decoder_logits(model, inputs, z)
@@ -76,7 +62,7 @@ def test_decoder_cannot_see_future_tokens(decoder_type):
 def test_padding_does_not_change_real_positions(decoder_type):
     model = tiny_model(decoder_type)
     lengths = [3, 9, 6, 1]
-    tokens = framed_batch(lengths, seed=2)  # (4, 11)
+    tokens = framed_batch(lengths, seed=2, vocab=VOCAB)  # (4, 11)
     z = torch.randn(4, 8)
     with torch.no_grad():
         batched = model.reconstruction_nll(tokens, z)
@@ -98,7 +84,7 @@ def test_padding_does_not_change_real_positions(decoder_type):
 @pytest.mark.parametrize("decoder_type", DECODERS)
 def test_step_by_step_decoding_equals_teacher_forcing(decoder_type):
     model = tiny_model(decoder_type)
-    inputs = framed_batch([9, 9], seed=11)[:, :-1]  # (2, 10)
+    inputs = framed_batch([9, 9], seed=11, vocab=VOCAB)[:, :-1]  # (2, 10)
     z = torch.randn(2, 8)
     with torch.no_grad():
         full, _ = model.decoder(inputs, z)  # (B, T, H)
@@ -114,7 +100,7 @@ def test_step_by_step_decoding_equals_teacher_forcing(decoder_type):
 def test_transformer_cache_extended_by_several_tokens_at_once():
     """A cached prefix followed by a multi-token chunk must match one full pass (causal mask aligned to the end)."""
     model = tiny_model("transformer")
-    inputs = framed_batch([9, 9], seed=12)[:, :-1]  # (2, 10)
+    inputs = framed_batch([9, 9], seed=12, vocab=VOCAB)[:, :-1]  # (2, 10)
     z = torch.randn(2, 8)
     with torch.no_grad():
         full, _ = model.decoder(inputs, z)
@@ -139,7 +125,7 @@ Z_INJECTIONS = [
                          ids=[f"{t}-{'-'.join(k for k, v in s.items() if v) or 'all'}" for t, s in Z_INJECTIONS])
 def test_changing_z_changes_the_output_distribution(decoder_type, switches):
     model = tiny_model(decoder_type, **switches)
-    inputs = framed_batch([6, 6], seed=3)[:, :-1]
+    inputs = framed_batch([6, 6], seed=3, vocab=VOCAB)[:, :-1]
     z = torch.randn(2, 8)
     with torch.no_grad():
         same = decoder_logits(model, inputs, z).log_softmax(-1)
@@ -167,7 +153,7 @@ def test_disabled_injections_remove_their_parameters():
 def test_word_dropout_rate_and_untouched_positions():
     model = tiny_model("gru")
     lengths = [int(n) for n in torch.randint(1, 30, (1000,), generator=torch.Generator().manual_seed(4))]
-    inputs = framed_batch(lengths, seed=4)[:, :-1]  # decoder inputs: <bos> w1 .. wn <eos> pad ...
+    inputs = framed_batch(lengths, seed=4, vocab=VOCAB)[:, :-1]  # decoder inputs: <bos> w1 .. wn <eos> pad ...
     eligible = (inputs != PAD_ID) & (inputs != BOS_ID)
     for rate in (0.1, 0.25, 0.6):
         torch.manual_seed(5)
@@ -187,7 +173,7 @@ def test_word_dropout_rate_and_untouched_positions():
 @pytest.mark.parametrize("decoder_type", DECODERS)
 def test_word_dropout_in_reconstruction_changes_inputs_not_targets(decoder_type):
     model = tiny_model(decoder_type)
-    tokens = framed_batch([5, 8, 2], seed=6)
+    tokens = framed_batch([5, 8, 2], seed=6, vocab=VOCAB)
     z = torch.randn(3, 8)
     with torch.no_grad():
         all_unk = model.reconstruction_nll(tokens, z, word_dropout=1.0)
@@ -205,7 +191,7 @@ def test_word_dropout_in_reconstruction_changes_inputs_not_targets(decoder_type)
 def test_reconstruction_nll_matches_direct_computation(decoder_type, tie):
     model = tiny_model(decoder_type, tie_embeddings=tie)
     lengths = [7, 1, 12, 4, 9]
-    tokens = framed_batch(lengths, seed=7)  # (5, 14)
+    tokens = framed_batch(lengths, seed=7, vocab=VOCAB)  # (5, 14)
     z = torch.randn(5, 8)
     with torch.no_grad():
         rec = model.reconstruction_nll(tokens, z)
@@ -225,7 +211,7 @@ def test_reconstruction_nll_matches_direct_computation(decoder_type, tie):
 @pytest.mark.parametrize("decoder_type", DECODERS)
 def test_forward_returns_posterior_and_code(decoder_type):
     model = tiny_model(decoder_type)
-    tokens = framed_batch([4, 6], seed=8)
+    tokens = framed_batch([4, 6], seed=8, vocab=VOCAB)
     torch.manual_seed(0)
     out = model(tokens)
     assert out["rec"].shape == (2,) and out["mean"].shape == (2, 8) and out["logvar"].shape == (2, 8)
@@ -241,7 +227,7 @@ def test_tied_and_untied_embeddings(decoder_type):
     tied_weights = {id(p) for p in tied.parameters()}
     assert id(tied.decoder.embed.weight) in tied_weights
     assert sum(p.numel() for p in untied.parameters()) > sum(p.numel() for p in tied.parameters())
-    tokens = framed_batch([5, 3], seed=9)
+    tokens = framed_batch([5, 3], seed=9, vocab=VOCAB)
     unused = next(i for i in range(4, VOCAB) if not (tokens == i).any())
     z = torch.randn(2, 8)
     for model, shares in ((tied, True), (untied, False)):
@@ -267,7 +253,7 @@ def _overfit(decoder_type: str, steps: int) -> tuple[float, int]:
     torch.manual_seed(0)
     model = VAE(tiny_config(decoder_type, latent_dim=8), VOCAB).train()
     lengths = [3, 5, 7, 9, 4, 6, 8, 10]
-    tokens = framed_batch(lengths, seed=10)
+    tokens = framed_batch(lengths, seed=10, vocab=VOCAB)
     z = torch.randn(len(lengths), 8, generator=torch.Generator().manual_seed(11))  # one fixed code each
     optimizer = torch.optim.Adam(model.decoder.parameters(), lr=1e-2)
     for step in range(1, steps + 1):

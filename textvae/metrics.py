@@ -30,7 +30,7 @@ def gaussian_log_density(z: torch.Tensor, mean: torch.Tensor, logvar: torch.Tens
 
 
 @torch.no_grad()
-def iw_nll(model: VAE, tokens: torch.Tensor, samples: int, max_rows: int = 4096,
+def iw_nll(model: VAE, tokens: torch.Tensor, samples: int, max_rows: int = 1024,
            generator: torch.Generator | None = None) -> tuple[torch.Tensor, torch.Tensor]:
     """Importance-weighted -log p(x) per sentence (B,) with `samples` codes from q(z|x), and the
     single-sample ELBO of the first code (B,) (so K = 1 gives exactly rec + kl of that code).
@@ -53,6 +53,18 @@ def iw_nll(model: VAE, tokens: torch.Tensor, samples: int, max_rows: int = 4096,
     log_weights = torch.cat(log_weights)  # (K, B)
     nll = -(torch.logsumexp(log_weights, dim=0) - math.log(samples))
     return nll, -log_weights[0]
+
+
+def iw_batch_size(samples: int, rows: int = 1024) -> int:
+    """Sentences per batch so that one decoder call holds about `rows` (sentence, sample) pairs."""
+    return max(8, rows // max(1, samples))
+
+
+def autocast(device: torch.device, precision: str):
+    """bfloat16 autocast for `precision="bf16"`, a no-op context for "32"."""
+    if precision not in ("32", "bf16"):
+        raise ValueError(f"precision must be '32' or 'bf16', got {precision!r}")
+    return torch.autocast(device.type, dtype=torch.bfloat16, enabled=precision == "bf16")
 
 
 def ppl(nll_sum: float, tokens: int) -> float:
