@@ -255,7 +255,11 @@ def plot_curves(metrics_csv: Path, out: Path) -> None:
     figure, axes = plt.subplots(1, 4, figsize=(16, 3.5))
     for axis, name in zip(axes, ("elbo", "rec", "kl", "beta")):
         steps, values = series(f"train/{name}")
-        axis.plot(steps, values, lw=0.8, label="train")
+        # Length-bucketed batches make per-batch values jump with sentence length: show a running mean.
+        window = max(1, len(values) // 8)
+        smooth = [sum(values[max(0, i - window + 1): i + 1]) / len(values[max(0, i - window + 1): i + 1])
+                  for i in range(len(values))]
+        axis.plot(steps, smooth, lw=1.0, label=f"train (mean of {window})")
         if name != "beta":
             steps, values = series(f"valid/{name}")
             axis.plot(steps, values, "o-", label="valid")
