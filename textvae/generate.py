@@ -26,12 +26,20 @@ def filter_logits(logits: torch.Tensor, top_k: int | None, top_p: float | None) 
         kth = torch.topk(logits, top_k, dim=-1).values[..., -1:]  # (B, 1)
         logits = logits.masked_fill(logits < kth, float("-inf"))
     if top_p is not None and top_p < 1.0:
-        sorted_logits, order = torch.sort(logits, dim=-1, descending=True)
-        probs = sorted_logits.softmax(-1)
-        # drop a token when the tokens ranked above it already cover top_p (the first always stays)
-        drop_sorted = probs.cumsum(-1) - probs >= top_p
-        drop = torch.zeros_like(drop_sorted).scatter(-1, order, drop_sorted)
-        logits = logits.masked_fill(drop, float("-inf"))
+        probs = logits.softmax(-1)
+        # The nucleus is usually a few dozen tokens: rank only the top k, growing k until every
+        # row's nucleus fits, instead of sorting the whole vocabulary at every step.
+        vocab, k = logits.size(-1), 64
+        while True:
+            k = min(k, vocab)
+            top_probs, order = probs.topk(k, dim=-1)  # (B, k), sorted
+            if k == vocab or bool((top_probs.sum(-1) >= top_p).all()):
+                break
+            k *= 4
+        # keep a token while the tokens ranked above it cover less than top_p (the first always stays)
+        keep_sorted = top_probs.cumsum(-1) - top_probs < top_p
+        keep = torch.zeros_like(logits, dtype=torch.bool).scatter(-1, order, keep_sorted)
+        logits = logits.masked_fill(~keep, float("-inf"))
     return logits
 
 
