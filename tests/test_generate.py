@@ -22,10 +22,6 @@ DECODERS = ["gru", "transformer"]
 LENGTHS = [1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 2, 5, 8, 13]
 
 
-
-
-
-
 def words(tokens: torch.Tensor) -> list[list[int]]:
     """The ids between <bos> and <eos> of each framed row."""
     return [row[1: row.index(EOS_ID)] for row in tokens.tolist()]

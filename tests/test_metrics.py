@@ -23,10 +23,6 @@ LATENT = 4
 DECODERS = ["gru", "transformer"]
 
 
-
-
-
-
 def tiny_vae(decoder_type: str) -> VAE:
     """An untrained VAE whose posterior sits away from the prior (KL ~ 0.7 nats per dimension)."""
     torch.manual_seed(0)

@@ -32,10 +32,6 @@ def tiny_model(decoder_type: str, seed: int = 0, **decoder) -> VAE:
     return VAE(tiny_config(decoder_type, **decoder), VOCAB).eval()
 
 
-
-
-
-
 def decoder_logits(model: VAE, inputs: torch.Tensor, z: torch.Tensor) -> torch.Tensor:
     features, _ = model.decoder(inputs, z)  # (B, T, H)
     return model.logits(features)  # (B, T, V)
