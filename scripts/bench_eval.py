@@ -31,7 +31,7 @@ def iw_nll_split(vae: TextVAE, ids: list[list[int]], samples: int, precision: st
     nll = torch.zeros(len(ids))
     for positions, batch in vae._batches(ids, iw_batch_size(samples)):
         with autocast(vae.device, precision):
-            nll[positions] = iw_nll(vae.model, batch, samples, generator=generator)[0]
+            nll[positions] = iw_nll(vae.model, batch, samples, generator=generator).nll
     return nll
 
 

@@ -65,12 +65,14 @@ def test_iw_nll_with_one_sample_is_the_elbo_of_that_code(decoder_type, monkeypat
     model = tiny_vae(decoder_type)
     tokens = framed_batch([3, 7, 5, 1, 9, 4], seed=0, vocab=VOCAB)
     calls = record_codes(model, monkeypatch)
-    nll, elbo = iw_nll(model, tokens, samples=1, generator=torch.Generator().manual_seed(0))
+    nll, elbo, rec = iw_nll(model, tokens, samples=1, generator=torch.Generator().manual_seed(0))
     assert len(calls) == 1 and torch.equal(calls[0][0], tokens)
     z = calls[0][1]  # (B, D): the one code drawn for each sentence
     with torch.no_grad():
         expected = -log_weight(model, tokens, z)
+        expected_rec = VAE.reconstruction_nll(model, tokens, z)
     torch.testing.assert_close(elbo, expected, atol=1e-4, rtol=1e-5)
+    torch.testing.assert_close(rec, expected_rec, atol=1e-4, rtol=1e-5)
     torch.testing.assert_close(nll, elbo)
 
 
@@ -79,7 +81,7 @@ def test_iw_nll_matches_independent_logsumexp_across_chunks(decoder_type, monkey
     model = tiny_vae(decoder_type)
     tokens = framed_batch([3, 7, 5, 1], seed=1, vocab=VOCAB)
     calls = record_codes(model, monkeypatch)
-    nll, elbo = iw_nll(model, tokens, samples=10, max_rows=12, generator=torch.Generator().manual_seed(1))
+    nll, elbo, _ = iw_nll(model, tokens, samples=10, max_rows=12, generator=torch.Generator().manual_seed(1))
     assert len(calls) > 1  # the K codes were spread over several decoder batches
     with torch.no_grad():
         weights = torch.cat([log_weight(model, t, z).view(-1, 4) for t, z in calls])  # (K, B)
@@ -93,7 +95,7 @@ def test_single_sample_elbo_averages_to_rec_plus_analytic_kl(monkeypatch):
     model = tiny_vae("gru")
     tokens = framed_batch([3, 7, 5, 1], seed=2, vocab=VOCAB).repeat(256, 1)  # 256 independent draws per sentence
     calls = record_codes(model, monkeypatch)
-    _, elbo = iw_nll(model, tokens, samples=1, generator=torch.Generator().manual_seed(2))
+    _, elbo, _ = iw_nll(model, tokens, samples=1, generator=torch.Generator().manual_seed(2))
     with torch.no_grad():
         rec = VAE.reconstruction_nll(model, *calls[0])
         mean, logvar = model.encode(tokens)
@@ -113,7 +115,7 @@ def test_iw_bound_tightens_as_samples_grow(decoder_type):
     for samples in (1, 10, 100):
         estimates = []
         for seed in range(4):
-            nll, elbo = iw_nll(model, tokens, samples=samples, generator=torch.Generator().manual_seed(seed))
+            nll, elbo, _ = iw_nll(model, tokens, samples=samples, generator=torch.Generator().manual_seed(seed))
             estimates.append(nll.mean().item())
             elbos.append(elbo.mean().item())
         averages[samples] = sum(estimates) / len(estimates)
@@ -141,7 +143,7 @@ def test_ppl_and_target_tokens():
 def test_ppl_of_an_untrained_model_is_near_the_vocabulary_size(decoder_type):
     model = tiny_vae(decoder_type)
     tokens = framed_batch([3, 7, 5, 1, 9, 4, 12, 2], seed=5, vocab=VOCAB)
-    nll, _ = iw_nll(model, tokens, samples=5, generator=torch.Generator().manual_seed(5))
+    nll = iw_nll(model, tokens, samples=5, generator=torch.Generator().manual_seed(5)).nll
     perplexity = ppl(nll.sum().item(), int(target_tokens(tokens).sum()))
     assert VOCAB / 2 < perplexity < VOCAB * 2
 

@@ -182,9 +182,11 @@ def test_word_dropout_in_reconstruction_changes_inputs_not_targets(decoder_type)
         assert not torch.allclose(all_unk, model.reconstruction_nll(tokens, z), atol=1e-4)
 
 
+@pytest.mark.parametrize("loss_rows", [256, 5])  # one block, and blocks that split sentences
 @pytest.mark.parametrize("tie", [True, False])
 @pytest.mark.parametrize("decoder_type", DECODERS)
-def test_reconstruction_nll_matches_direct_computation(decoder_type, tie):
+def test_reconstruction_nll_matches_direct_computation(decoder_type, tie, loss_rows, monkeypatch):
+    monkeypatch.setattr("textvae.model.LOSS_ROWS", loss_rows)
     model = tiny_model(decoder_type, tie_embeddings=tie)
     lengths = [7, 1, 12, 4, 9]
     tokens = framed_batch(lengths, seed=7, vocab=VOCAB)  # (5, 14)

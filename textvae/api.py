@@ -29,7 +29,8 @@ from textvae.errors import UserError
 from textvae.generate import STRATEGIES, decode_codes
 from textvae.metrics import iw_nll, target_tokens
 from textvae.model import VAE
-from textvae.tokenizer import PAD_ID, UNK, UNK_ID, decode_ids, encode_batch, frame, load_tokenizer, save_tokenizer
+from textvae.tokenizer import (UNK, UNK_ID, decode_ids, encode_batch, frame, load_tokenizer, pad_batch,
+                               save_tokenizer)
 
 log = logging.getLogger("textvae")
 
@@ -171,13 +172,10 @@ class TextVAE:
 
     def _batches(self, ids: list[list[int]], batch_size: int) -> Iterator[tuple[list[int], torch.Tensor]]:
         """(positions in the input, padded tokens) for length-sorted batches."""
-        from torch.nn.utils.rnn import pad_sequence  # not data.collate: data.py imports Lightning (seconds)
-
         order = sorted(range(len(ids)), key=lambda i: len(ids[i]))
         for start in range(0, len(order), batch_size):
             positions = order[start: start + batch_size]
-            rows = [torch.tensor(ids[i], dtype=torch.long) for i in positions]
-            yield positions, pad_sequence(rows, batch_first=True, padding_value=PAD_ID).to(self.device)
+            yield positions, pad_batch([ids[i] for i in positions]).to(self.device)
 
     # ----------------------------------------------------------------------------- operations
     @torch.no_grad()
@@ -256,7 +254,7 @@ class TextVAE:
         nll = torch.empty(len(ids))
         tokens = torch.empty(len(ids), dtype=torch.long)
         for positions, batch in self._batches(ids, batch_size):
-            nll[positions] = iw_nll(self.model, batch, iw_samples, generator=generator)[0].cpu()
+            nll[positions] = iw_nll(self.model, batch, iw_samples, generator=generator).nll.cpu()
             tokens[positions] = target_tokens(batch).cpu()
         return nll, tokens
 

@@ -36,7 +36,7 @@ from torch.utils.data import DataLoader, Sampler
 
 from textvae.config import Config, DataConfig
 from textvae.errors import UserError
-from textvae.tokenizer import PAD_ID, encode_batch, frame, train_tokenizer
+from textvae.tokenizer import PAD_ID, encode_batch, frame, pad_batch, train_tokenizer
 
 log = logging.getLogger("textvae")
 
@@ -264,11 +264,7 @@ class BucketBatchSampler(Sampler[list[int]]):
 def collate(batch: list[tuple[int, list[int]]]) -> dict[str, torch.Tensor]:
     """Pad framed sentences to the batch maximum; keep their corpus indices."""
     indices, sequences = zip(*batch)
-    width = max(len(ids) for ids in sequences)
-    tokens = torch.full((len(sequences), width), PAD_ID, dtype=torch.long)
-    for row, ids in enumerate(sequences):
-        tokens[row, : len(ids)] = torch.tensor(ids)
-    return {"tokens": tokens, "index": torch.tensor(indices)}
+    return {"tokens": pad_batch(sequences), "index": torch.tensor(indices)}
 
 
 class _Indexed(torch.utils.data.Dataset):

@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import math
 from collections import Counter
-from typing import Iterable
+from typing import Iterable, NamedTuple
 
 import torch
 
@@ -29,30 +29,39 @@ def gaussian_log_density(z: torch.Tensor, mean: torch.Tensor, logvar: torch.Tens
     return -0.5 * (LOG_2PI + logvar + (z - mean).pow(2) / logvar.exp()).sum(-1)
 
 
+class IWEstimate(NamedTuple):
+    nll: torch.Tensor  # (B,) importance-weighted -log p(x)
+    elbo: torch.Tensor  # (B,) single-sample ELBO of the first code: rec + log q(z|x) - log p(z)
+    rec: torch.Tensor  # (B,) -log p(x|z) of the first code
+
+
 @torch.no_grad()
 def iw_nll(model: VAE, tokens: torch.Tensor, samples: int, max_rows: int = 1024,
-           generator: torch.Generator | None = None) -> tuple[torch.Tensor, torch.Tensor]:
-    """Importance-weighted -log p(x) per sentence (B,) with `samples` codes from q(z|x), and the
-    single-sample ELBO of the first code (B,) (so K = 1 gives exactly rec + kl of that code).
+           generator: torch.Generator | None = None,
+           posterior: tuple[torch.Tensor, torch.Tensor] | None = None) -> IWEstimate:
+    """Importance-weighted -log p(x) per sentence (B,) with `samples` codes from q(z|x), with the
+    single-sample ELBO and reconstruction NLL of the first code (so K = 1 gives exactly rec + kl
+    of that code). `posterior`: (mean, logvar) of q(z|x) if already computed.
 
     -log p(x) ~= -logsumexp_k [log p(x|z_k) + log p(z_k) - log q(z_k|x)] + log K.
     """
-    mean, logvar = model.encode(tokens)  # (B, D)
+    mean, logvar = posterior if posterior is not None else model.encode(tokens)  # (B, D)
     mean, logvar = mean.float(), logvar.float()
     batch = tokens.size(0)
     chunk = max(1, min(samples, max_rows // batch))
-    log_weights = []
+    log_weights, first_rec = [], None
     for start in range(0, samples, chunk):
         count = min(chunk, samples - start)
         noise = torch.randn((count, *mean.shape), generator=generator, device=mean.device)  # (k, B, D)
         z = mean + noise * torch.exp(0.5 * logvar)  # (k, B, D)
-        rec = model.reconstruction_nll(tokens.repeat(count, 1), z.reshape(count * batch, -1).to(mean.dtype))
+        rec = model.reconstruction_nll(tokens.repeat(count, 1), z.reshape(count * batch, -1)).float()
+        first_rec = rec[:batch] if first_rec is None else first_rec
         log_prior = gaussian_log_density(z, torch.zeros_like(z), torch.zeros_like(z))  # (k, B)
         log_posterior = gaussian_log_density(z, mean, logvar)  # (k, B)
-        log_weights.append(-rec.float().view(count, batch) + log_prior - log_posterior)
+        log_weights.append(-rec.view(count, batch) + log_prior - log_posterior)
     log_weights = torch.cat(log_weights)  # (K, B)
     nll = -(torch.logsumexp(log_weights, dim=0) - math.log(samples))
-    return nll, -log_weights[0]
+    return IWEstimate(nll, -log_weights[0], first_rec)
 
 
 def iw_batch_size(samples: int, rows: int = 1024) -> int:

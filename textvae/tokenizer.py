@@ -14,6 +14,7 @@ import json
 from pathlib import Path
 from typing import Iterable, Iterator
 
+import torch
 from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
 
 from textvae.errors import UserError
@@ -62,6 +63,14 @@ def frame(ids: list[int], max_length: int | None = None) -> list[int]:
     if max_length is not None:
         ids = ids[:max_length]
     return [BOS_ID, *ids, EOS_ID]
+
+
+def pad_batch(sequences: list[list[int]]) -> torch.Tensor:
+    """Framed sentences as one (B, T) tensor of ids, right-padded with <pad> to the longest."""
+    tokens = torch.full((len(sequences), max(len(ids) for ids in sequences)), PAD_ID, dtype=torch.long)
+    for row, ids in enumerate(sequences):
+        tokens[row, : len(ids)] = torch.tensor(ids, dtype=torch.long)
+    return tokens
 
 
 def decode_ids(tokenizer: Tokenizer, sequences: Iterable[list[int]]) -> Iterator[str]:

@@ -294,9 +294,8 @@ def evaluate(vae: TextVAE, ids: list[list[int]], config: Config, training_text: 
     for positions, batch in tqdm(batches, desc=f"evaluating (K={iw_samples})", disable=not show, leave=False):
         with autocast(vae.device, precision):
             mean, logvar = (t.float() for t in model.encode(batch))
-            z = model.reparameterize(mean, logvar, generator)
-            rec[positions] = model.reconstruction_nll(batch, z).float().cpu()
-            nll[positions] = iw_nll(model, batch, iw_samples, generator=generator)[0].cpu()
+            estimate = iw_nll(model, batch, iw_samples, generator=generator, posterior=(mean, logvar))
+        nll[positions], rec[positions] = estimate.nll.cpu(), estimate.rec.cpu()
         kl[positions] = gaussian_kl(mean, logvar).sum(-1).cpu()
         tokens[positions] = target_tokens(batch).float().cpu()
         means[positions], logvars[positions] = mean.cpu(), logvar.cpu()
