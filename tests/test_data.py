@@ -14,8 +14,11 @@ import tarfile
 import threading
 from pathlib import Path
 
+import lightning as L
 import pytest
+import torch
 from lightning.fabric.utilities.data import _set_sampler_epoch
+from lightning.pytorch.callbacks import ModelCheckpoint
 from transformers import AutoTokenizer
 
 from conftest import PTB_DIR, REPO, synthetic_sentences
@@ -327,8 +330,7 @@ def test_order_reshuffles_across_epochs_and_repeats_for_the_same_seed_and_epoch(
 
 
 def test_lightning_set_epoch_hook_reaches_the_sampler():
-    ids = [[BOS_ID] + [4] * (length - 2) + [EOS_ID] for length in SENTENCE_LENGTHS]
-    loader = make_loader(ids, 32, shuffle=True, seed=3, pool=4)
+    loader = make_loader(_frames(), 32, shuffle=True, seed=3, pool=4)
     first = [batch["index"].tolist() for batch in loader]
     _set_sampler_epoch(loader, 1)
     second = [batch["index"].tolist() for batch in loader]
@@ -402,3 +404,68 @@ def test_data_stats_script_reports_config_errors_in_one_line():
     assert result.returncode == 2
     assert result.stderr.splitlines() == [
         "data_stats: error: config: unknown key model.latnt_dim (did you mean model.latent_dim?)"]
+
+
+def _frames() -> list[list[int]]:
+    return [[BOS_ID] + [4] * (length - 2) + [EOS_ID] for length in SENTENCE_LENGTHS]
+
+
+def test_loader_state_resumes_mid_epoch_after_the_batches_already_seen():
+    loader = make_loader(_frames(), 32, shuffle=True, seed=3, pool=4)
+    _set_sampler_epoch(loader, 1)
+    full = [batch["index"].tolist() for batch in loader]
+    iterator = iter(loader)
+    seen = [next(iterator)["index"].tolist() for _ in range(3)]
+    state = loader.state_dict()
+    assert state == {"epoch": 1, "batches": 3}
+
+    resumed = make_loader(_frames(), 32, shuffle=True, seed=3, pool=4)
+    resumed.load_state_dict(state)
+    _set_sampler_epoch(resumed, 1)  # Lightning sets the epoch after loading the state, before the first batch
+    rest = [batch["index"].tolist() for batch in resumed]
+    assert seen + rest == full
+    assert resumed.state_dict() == {"epoch": 1, "batches": len(full)}  # counts the skipped batches too
+    _set_sampler_epoch(resumed, 2)
+    assert len(list(resumed)) == len(full)  # the next epoch is whole again
+    other = make_loader(_frames(), 32, shuffle=True, seed=3, pool=4)
+    other.load_state_dict({"epoch": 0, "batches": 3})
+    _set_sampler_epoch(other, 1)  # a state saved in another epoch skips nothing
+    assert [batch["index"].tolist() for batch in other] == full
+
+
+class _RecordBatches(L.LightningModule):
+    """Trains nothing useful; records the sentence indices of every training batch and can crash."""
+
+    def __init__(self, crash_at: int | None = None):
+        super().__init__()
+        self.weight = torch.nn.Parameter(torch.zeros(1))
+        self.crash_at, self.seen = crash_at, []
+
+    def training_step(self, batch, batch_idx):
+        if self.global_step == self.crash_at:
+            raise RuntimeError("simulated crash")
+        self.seen.append((self.current_epoch, batch["index"].tolist()))
+        return (self.weight * batch["tokens"].float().mean()).sum()
+
+    def configure_optimizers(self):
+        return torch.optim.SGD(self.parameters(), lr=0.1)
+
+
+def test_lightning_resume_from_a_mid_epoch_checkpoint_continues_the_epoch_order(tmp_path):
+    def fit(module, ckpt_path=None, callbacks=()):
+        trainer = L.Trainer(max_epochs=2, accelerator="cpu", logger=False, enable_progress_bar=False,
+                            enable_model_summary=False, callbacks=list(callbacks), default_root_dir=tmp_path)
+        trainer.fit(module, make_loader(_frames(), 32, shuffle=True, seed=3, pool=4), ckpt_path=ckpt_path)
+
+    reference = _RecordBatches()
+    fit(reference, callbacks=[ModelCheckpoint(dirpath=tmp_path / "unused", save_top_k=-1, every_n_train_steps=3)])
+    per_epoch = len(reference.seen) // 2
+    assert per_epoch > 4
+
+    crashed = _RecordBatches(crash_at=5)
+    with pytest.raises(RuntimeError, match="simulated crash"):
+        fit(crashed, callbacks=[ModelCheckpoint(dirpath=tmp_path / "ckpt", save_top_k=-1, every_n_train_steps=3)])
+    assert crashed.seen == reference.seen[:5]
+    resumed = _RecordBatches()
+    fit(resumed, ckpt_path=tmp_path / "ckpt" / "epoch=0-step=3.ckpt")
+    assert resumed.seen == reference.seen[3:]  # batches 4.. of epoch 0 (none repeated), then all of epoch 1

@@ -225,9 +225,15 @@ class BucketBatchSampler(Sampler[list[int]]):
         # Lightning calls set_epoch on `dataloader.batch_sampler.sampler`; point it here.
         self.sampler = self
         self._length = len(self._all_batches())
+        self.skipped = 0  # batches of this epoch skipped on resume (already trained on)
+        self._resume_at: tuple[int, int] | None = None
 
     def set_epoch(self, epoch: int) -> None:
-        self.epoch = epoch
+        self.epoch, self.skipped = epoch, 0
+
+    def resume(self, epoch: int, batches: int) -> None:
+        """Make the next pass over `epoch` start after its first `batches` batches."""
+        self._resume_at = (epoch, batches)
 
     def _all_batches(self) -> list[list[int]]:
         generator = torch.Generator().manual_seed(self.seed + self.epoch)
@@ -255,7 +261,12 @@ class BucketBatchSampler(Sampler[list[int]]):
         return [batch.tolist() for batch in batches]
 
     def __iter__(self):
-        yield from self._all_batches()[self.rank:: self.num_replicas]
+        # A generator, so the batch list is built at the first batch, after Lightning's set_epoch.
+        batches = self._all_batches()[self.rank:: self.num_replicas]
+        if self._resume_at is not None:
+            epoch, done = self._resume_at
+            self._resume_at, self.skipped = None, done if epoch == self.epoch else 0
+        yield from batches[self.skipped:]
 
     def __len__(self) -> int:
         return self._length // self.num_replicas
@@ -278,11 +289,33 @@ class _Indexed(torch.utils.data.Dataset):
         return index, self.ids[index]
 
 
+class ResumableLoader(DataLoader):
+    """A DataLoader over a `BucketBatchSampler` whose place in the epoch survives a checkpoint.
+
+    Lightning treats a loader with `state_dict`/`load_state_dict` as stateful: it stores the
+    state in every checkpoint and loads it on resume, so a run resumed mid-epoch trains on the
+    rest of that epoch's batches instead of starting the epoch's order again.
+    """
+
+    _last_iterator = None
+
+    def _get_iterator(self):
+        self._last_iterator = super()._get_iterator()
+        return self._last_iterator
+
+    def state_dict(self) -> dict:
+        yielded = self._last_iterator._num_yielded if self._last_iterator is not None else 0
+        return {"epoch": self.batch_sampler.epoch, "batches": self.batch_sampler.skipped + yielded}
+
+    def load_state_dict(self, state: dict) -> None:
+        self.batch_sampler.resume(int(state["epoch"]), int(state["batches"]))
+
+
 def make_loader(ids: list[list[int]], batch_size: int, shuffle: bool, seed: int = 0, pool: int = 100,
-                num_replicas: int = 1, rank: int = 0, num_workers: int = 0) -> DataLoader:
+                num_replicas: int = 1, rank: int = 0, num_workers: int = 0) -> ResumableLoader:
     sampler = BucketBatchSampler([len(x) for x in ids], batch_size, shuffle, seed, pool, num_replicas, rank)
-    return DataLoader(_Indexed(ids), batch_sampler=sampler, collate_fn=collate, num_workers=num_workers,
-                      persistent_workers=num_workers > 0)
+    return ResumableLoader(_Indexed(ids), batch_sampler=sampler, collate_fn=collate, num_workers=num_workers,
+                           persistent_workers=num_workers > 0)
 
 
 def padding_share(loader: DataLoader) -> float:
