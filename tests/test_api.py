@@ -9,6 +9,7 @@ import pytest
 import torch
 
 from textvae.api import TextVAE
+from textvae.errors import UserError
 from textvae.tokenizer import UNK_ID
 
 DECODERS = ["gru_run", "transformer_run"]
@@ -203,3 +204,27 @@ def test_unknown_words_warn_and_map_to_unk(vae, textvae_log):
     textvae_log.clear()
     vae.encode(SENTENCES)
     assert not [r for r in textvae_log.records if r.levelno >= logging.WARNING]  # known words: no warning
+
+
+def test_bf16_precision_runs_every_operation_close_to_float32(vae, tmp_path):
+    path = tmp_path / "model"
+    vae.save_pretrained(path)
+    fast = TextVAE.from_pretrained(path, precision="bf16")
+    assert fast.precision == "bf16" and vae.precision == "32"
+    codes, fast_codes = vae.encode(SENTENCES), fast.encode(SENTENCES)
+    assert fast_codes.dtype == torch.float32
+    torch.testing.assert_close(fast_codes, codes, atol=0.05, rtol=0.05)
+    nll, _ = vae.score(SENTENCES, iw_samples=5)
+    fast_nll, _ = fast.score(SENTENCES, iw_samples=5)
+    assert fast_nll.dtype == torch.float32
+    torch.testing.assert_close(fast_nll, nll, atol=0.0, rtol=0.02)  # the same codes, bf16 products
+    samples = fast.sample(6, strategy="sample", top_p=0.9, seed=0)
+    assert len(samples) == 6 and samples == fast.sample(6, strategy="sample", top_p=0.9, seed=0)
+    greedy, fast_greedy = vae.reconstruct(SENTENCES), fast.reconstruct(SENTENCES)
+    agree = sum(a == b for a, b in zip(greedy, fast_greedy))
+    assert agree >= len(SENTENCES) // 2, (greedy, fast_greedy)  # near-ties may flip a word, not most outputs
+
+
+def test_unknown_precision_is_refused(gru_run):
+    with pytest.raises(UserError, match="--precision must be 32 or bf16, got 'fp16'"):
+        TextVAE.from_pretrained(gru_run, precision="fp16")

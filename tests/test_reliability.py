@@ -252,6 +252,11 @@ def args_top_p_above_one(work, corpus):
 
 
 @case
+def args_unknown_precision(work, corpus):
+    return ["generate", "--n", "2", "--precision", "fp16", "--model", "runs/model"], ["--precision", "'fp16'"]
+
+
+@case
 def args_interpolate_empty_sentence(work, corpus):
     return ["interpolate", "", "a dog liked the river", "--model", "runs/model"], ["interpolate", "empty"]
 

@@ -27,7 +27,7 @@ import torch
 from textvae.config import Config, from_dict
 from textvae.errors import UserError
 from textvae.generate import STRATEGIES, decode_codes
-from textvae.metrics import iw_nll, target_tokens
+from textvae.metrics import autocast, iw_nll, target_tokens
 from textvae.model import VAE
 from textvae.tokenizer import (UNK, UNK_ID, decode_ids, encode_batch, frame, load_tokenizer, pad_batch,
                                save_tokenizer)
@@ -87,11 +87,12 @@ def slerp(a: torch.Tensor, b: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
 class TextVAE:
     """A trained text VAE with its tokenizer: sample, encode, decode, interpolate, score."""
 
-    def __init__(self, model: VAE, tokenizer, config: Config, extra: dict | None = None):
+    def __init__(self, model: VAE, tokenizer, config: Config, extra: dict | None = None, precision: str = "32"):
         self.model = model.eval()
         self.tokenizer = tokenizer
         self.config = config
         self.extra = dict(extra or {})
+        self.precision = check_precision(precision)
         limits = [config.model.encoder.max_positions]
         if config.model.decoder.type == "transformer":
             limits.append(config.model.decoder.max_positions)
@@ -107,8 +108,13 @@ class TextVAE:
 
     # -------------------------------------------------------------------------- saving/loading
     @classmethod
-    def from_pretrained(cls, path: str | os.PathLike = "runs/latest", device: str | torch.device = "cpu") -> "TextVAE":
+    def from_pretrained(cls, path: str | os.PathLike = "runs/latest", device: str | torch.device = "cpu",
+                        precision: str = "32") -> "TextVAE":
+        """Load a saved model. `precision="bf16"` runs encode/decode/score under bfloat16 autocast:
+        about 3x faster on CPUs with bf16 units (and on GPUs), with log-likelihoods still summed in
+        float32; greedy outputs can differ from float32 ones where two words are nearly tied."""
         from safetensors import SafetensorError
+        check_precision(precision)
         from safetensors.torch import load_file
 
         directory = resolve_model_dir(path)
@@ -138,7 +144,7 @@ class TextVAE:
             first = str(error).splitlines()[1 if len(str(error).splitlines()) > 1 else 0].strip()
             raise UserError(f"model: {weights_path} does not match its config.json ({first})") from None
         extra = {k: v for k, v in meta.items() if k not in ("format_version", "config", "vocab_size")}
-        return cls(model.to(device), tokenizer, config, extra)
+        return cls(model.to(device), tokenizer, config, extra, precision)
 
     def save_pretrained(self, directory: str | os.PathLike) -> Path:
         from safetensors.torch import save_file
@@ -155,6 +161,9 @@ class TextVAE:
 
         atomic_write_dir(directory, write)
         return directory
+
+    def _autocast(self):
+        return autocast(self.device, check_precision(self.precision))
 
     # ------------------------------------------------------------------------------ tokenising
     def tokenize(self, sentences: list[str]) -> list[list[int]]:
@@ -186,9 +195,10 @@ class TextVAE:
         generator = torch.Generator(device=self.device).manual_seed(seed) if seed is not None else None
         codes = torch.empty(len(ids), self.latent_dim)
         for positions, tokens in self._batches(ids, batch_size):
-            mean, logvar = self.model.encode(tokens)
+            with self._autocast():
+                mean, logvar = (t.float() for t in self.model.encode(tokens))
             z = self.model.reparameterize(mean, logvar, generator) if sample else mean
-            codes[positions] = z.float().cpu()
+            codes[positions] = z.cpu()
         return codes
 
     @torch.no_grad()
@@ -203,8 +213,9 @@ class TextVAE:
         generator = torch.Generator(device=self.device).manual_seed(seed) if seed is not None else None
         out = []
         for start in range(0, z.size(0), batch_size):
-            ids = decode_codes(self.model, z[start: start + batch_size].to(self.device), strategy, max_length,
-                               temperature, top_k, top_p, beam_size, generator, use_cache)
+            with self._autocast():
+                ids = decode_codes(self.model, z[start: start + batch_size].to(self.device), strategy, max_length,
+                                   temperature, top_k, top_p, beam_size, generator, use_cache)
             out.extend(decode_ids(self.tokenizer, ids))
         return out
 
@@ -254,7 +265,8 @@ class TextVAE:
         nll = torch.empty(len(ids))
         tokens = torch.empty(len(ids), dtype=torch.long)
         for positions, batch in self._batches(ids, batch_size):
-            nll[positions] = iw_nll(self.model, batch, iw_samples, generator=generator).nll.cpu()
+            with self._autocast():
+                nll[positions] = iw_nll(self.model, batch, iw_samples, generator=generator).nll.cpu()
             tokens[positions] = target_tokens(batch).cpu()
         return nll, tokens
 
@@ -270,6 +282,12 @@ class TextVAE:
         low = math.floor(position)
         high = min(low + 1, len(values) - 1)
         return values[low] + (values[high] - values[low]) * (position - low)
+
+
+def check_precision(precision: str) -> str:
+    if precision not in ("32", "bf16"):
+        raise UserError(f"--precision must be 32 or bf16, got {precision!r}")
+    return precision
 
 
 def check_decoding(strategy: str, temperature: float, top_k: int | None, top_p: float | None, beam_size: int,

@@ -318,7 +318,7 @@ def evaluate(vae: TextVAE, ids: list[list[int]], config: Config, training_text: 
 def evaluate_model(model_path: str, split: str = "test", iw_samples: int | None = None, seed: int = 0,
                    precision: str = "32") -> dict:
     """`textvae evaluate`: the metrics of a saved model on a split of the data it was trained on."""
-    vae = TextVAE.from_pretrained(model_path)
+    vae = TextVAE.from_pretrained(model_path, precision=precision)  # decoding for rec_bleu, samples too
     config = vae.config
     if split not in ("train", "valid", "test"):
         raise UserError(f"--split must be train, valid or test, got {split!r}")
