@@ -3,8 +3,9 @@
     python scripts/bench_generate.py --model runs/ptb                  # a trained model
     python scripts/bench_generate.py --config configs/ptb.yaml configs/ptb_transformer.yaml  # untrained weights
 
-Cases per decoder: greedy and top-p 0.9 (each row stops at its own <eos>); for a transformer
-decoder also greedy without the key/value cache, and a fixed-length case (<eos> masked, so
+Cases per decoder and precision (--precision 32 bf16: float32 and bfloat16 autocast): greedy
+and top-p 0.9 (each row stops at its own <eos>); for a transformer decoder also greedy without
+the key/value cache, and (float32) a fixed-length case (<eos> masked, so
 every output is exactly --max-length tokens) timing cached against uncached decoding and
 checking that both give identical outputs.
 """
@@ -21,6 +22,7 @@ from textvae.api import TextVAE
 from textvae.bench import machine
 from textvae.config import load_config
 from textvae.generate import decode_codes
+from textvae.metrics import autocast
 from textvae.model import VAE
 from textvae.tokenizer import EOS_ID
 
@@ -42,16 +44,18 @@ class _NoEOS(torch.nn.Module):
         return logits
 
 
-def time_case(model, latent_dim: int, count: int, batch_size: int, **kwargs) -> tuple[float, float]:
+def time_case(model, latent_dim: int, count: int, batch_size: int, precision: str = "32",
+              **kwargs) -> tuple[float, float]:
     generator = torch.Generator().manual_seed(0)
     z = torch.randn(count, latent_dim, generator=generator)
-    decode_codes(model, z[:batch_size], **kwargs)  # warm-up
-    start = time.perf_counter()
-    tokens = 0
-    for first in range(0, count, batch_size):
-        outputs = decode_codes(model, z[first: first + batch_size], generator=generator, **kwargs)
-        tokens += sum(len(o) + 1 for o in outputs)
-    seconds = time.perf_counter() - start
+    with autocast(torch.device("cpu"), precision):
+        decode_codes(model, z[:batch_size], **kwargs)  # warm-up
+        start = time.perf_counter()
+        tokens = 0
+        for first in range(0, count, batch_size):
+            outputs = decode_codes(model, z[first: first + batch_size], generator=generator, **kwargs)
+            tokens += sum(len(o) + 1 for o in outputs)
+        seconds = time.perf_counter() - start
     return count / seconds, tokens / count
 
 
@@ -63,6 +67,7 @@ def main(argv=None) -> None:
     parser.add_argument("--n", type=int, default=1000, help="sentences per case")
     parser.add_argument("--batch-size", type=int, default=500)
     parser.add_argument("--max-length", type=int, default=50)
+    parser.add_argument("--precision", nargs="+", choices=("32", "bf16"), default=["32", "bf16"])
     args = parser.parse_args(argv)
     if args.model:
         vae = TextVAE.from_pretrained(args.model)
@@ -78,11 +83,13 @@ def main(argv=None) -> None:
         cases = [("greedy", True, {}), ("sample", True, {"top_p": 0.9})]
         if kind == "transformer":
             cases.append(("greedy", False, {}))
-        for strategy, cache, extra in cases:
-            rate, length = time_case(model, latent_dim, args.n, args.batch_size, strategy=strategy,
-                                     max_length=args.max_length, use_cache=cache, **extra)
-            print(json.dumps({"decoder": kind, "strategy": strategy + ("_top_p0.9" if extra else ""), "cache": cache,
-                              "sentences_per_s": rate, "mean_tokens": length, "n": args.n, "machine": info}))
+        for precision in args.precision:
+            for strategy, cache, extra in cases:
+                rate, length = time_case(model, latent_dim, args.n, args.batch_size, precision, strategy=strategy,
+                                         max_length=args.max_length, use_cache=cache, **extra)
+                print(json.dumps({"decoder": kind, "strategy": strategy + ("_top_p0.9" if extra else ""),
+                                  "cache": cache, "precision": precision, "sentences_per_s": rate,
+                                  "mean_tokens": length, "n": args.n, "machine": info}))
         if kind == "transformer":
             fixed = _NoEOS(model)
             rates = {}

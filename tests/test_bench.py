@@ -1,0 +1,55 @@
+"""The benchmark scripts run and print the JSON fields the speed issue and README rely on.
+
+Tiny settings only: these check the scripts work and report what they claim, not how fast
+anything is (timings never go into tests).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+
+import pytest
+
+from conftest import CONFIGS, PTB_DIR, REPO
+
+
+def run_script(name: str, *args: str) -> list[dict]:
+    env = {**os.environ, "PYTHONWARNINGS": "ignore"}
+    result = subprocess.run([sys.executable, str(REPO / "scripts" / name), *args], cwd=REPO, env=env,
+                            capture_output=True, text=True, timeout=600)
+    assert result.returncode == 0, result.stderr[-3000:]
+    return [json.loads(line) for line in result.stdout.splitlines() if line.startswith("{")]
+
+
+@pytest.mark.skipif(not (PTB_DIR / "ptb.train.txt").exists(), reason="PTB not linked (run scripts/get_data.sh)")
+def test_bench_train_reports_throughput_mfu_and_the_bucketing_ratio():
+    (out,) = run_script("bench_train.py", "--config", str(CONFIGS / "debug.yaml"), "--data.root", str(PTB_DIR),
+                        "--steps", "3", "--warmup", "1", "--both")
+    for key in ("tokens_per_s", "steps_per_s", "padding_share", "peak_rss_mb", "flops_per_token",
+                "matmul_gflops_fp32", "matmul_gflops_bf16", "mfu", "mfu_bf16", "bucketed_speedup"):
+        assert isinstance(out[key], float) and out[key] > 0, key
+    assert out["mfu"] == pytest.approx(out["model_gflops"] / out["matmul_gflops_fp32"])
+    assert out["unbucketed"]["padding_share"] > out["padding_share"]  # random batches pad more
+
+
+def test_bench_generate_reports_each_decoder_strategy_and_precision(gru_run, transformer_run):
+    rows = run_script("bench_generate.py", "--model", str(gru_run), "--n", "40", "--batch-size", "20",
+                      "--max-length", "12")
+    cases = {(row["strategy"], row["precision"]) for row in rows}
+    assert cases == {(s, p) for s in ("greedy", "sample_top_p0.9") for p in ("32", "bf16")}
+    assert all(row["decoder"] == "gru" and row["sentences_per_s"] > 0 for row in rows)
+    rows = run_script("bench_generate.py", "--model", str(transformer_run), "--n", "40", "--batch-size", "20",
+                      "--max-length", "12", "--precision", "32")
+    fixed = [row for row in rows if "case" in row]
+    assert len(fixed) == 1 and fixed[0]["identical_outputs"] is True and fixed[0]["cache_speedup"] > 0
+    assert {row["cache"] for row in rows if "case" not in row} == {True, False}
+
+
+def test_bench_eval_reports_seconds_and_mfu_and_says_when_it_extrapolates(gru_run):
+    (out,) = run_script("bench_eval.py", "--model", str(gru_run), "--iw-samples", "4", "--limit", "10")
+    assert out["sentences"] == 10 and out["extrapolated"] is True
+    assert out["seconds"] > out["seconds_measured"] > 0  # scaled up to the whole test split
+    assert out["mfu"] > 0 and out["nll"] > 0
