@@ -113,8 +113,8 @@ class TextVAE:
         """Load a saved model. `precision="bf16"` runs encode/decode/score under bfloat16 autocast:
         about 3x faster on CPUs with bf16 units (and on GPUs), with log-likelihoods still summed in
         float32; greedy outputs can differ from float32 ones where two words are nearly tied."""
-        from safetensors import SafetensorError
         check_precision(precision)
+        from safetensors import SafetensorError
         from safetensors.torch import load_file
 
         directory = resolve_model_dir(path)
