@@ -162,6 +162,12 @@ class TransformerDecoder(nn.Module):
         self.position = nn.Embedding(config.max_positions, width)
         self.z_to_memory = nn.Linear(latent_dim, config.memory_slots * width) if config.z_cross_attention else None
         self.z_to_input = nn.Linear(latent_dim, width) if config.z_add_input else None
+        if self.z_to_input is not None:
+            # Start z's share of the input on the scale of the token and position embeddings (std
+            # 0.02): with nn.Linear's default init it is ~30x larger and drowns out the tokens,
+            # which slows learning badly.
+            nn.init.normal_(self.z_to_input.weight, std=0.02 / latent_dim**0.5)
+            nn.init.zeros_(self.z_to_input.bias)
         self.blocks = nn.ModuleList(DecoderBlock(config) for _ in range(config.layers))
         self.norm = nn.LayerNorm(width)
         self.dropout = nn.Dropout(config.dropout)
@@ -182,7 +188,10 @@ class TransformerDecoder(nn.Module):
         positions = torch.arange(start, start + inputs.size(1), device=inputs.device)
         if positions[-1] >= self.config.max_positions:
             raise ValueError(f"sequence longer than model.decoder.max_positions={self.config.max_positions}")
-        hidden = self.embed(inputs) + self.position(positions)  # (B, T, W)
+        # Token embeddings scaled by sqrt(width) as in Vaswani et al.: they share their (std 0.02)
+        # weights with the output projection, and unscaled they start out no larger than the
+        # position embeddings; scaled, PTB training gets ~0.25 nats/token further in 300 steps.
+        hidden = self.embed(inputs) * self.width**0.5 + self.position(positions)  # (B, T, W)
         if self.z_to_input is not None:
             hidden = hidden + self.z_to_input(state["z"]).unsqueeze(1)
         hidden = self.dropout(hidden)
