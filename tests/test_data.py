@@ -457,15 +457,18 @@ def test_lightning_resume_from_a_mid_epoch_checkpoint_continues_the_epoch_order(
                             enable_model_summary=False, callbacks=list(callbacks), default_root_dir=tmp_path)
         trainer.fit(module, make_loader(_frames(), 32, shuffle=True, seed=3, pool=4), ckpt_path=ckpt_path)
 
+    def every_3_steps(name):
+        return [ModelCheckpoint(dirpath=tmp_path / name, save_top_k=-1, every_n_train_steps=3)]
+
     reference = _RecordBatches()
-    fit(reference, callbacks=[ModelCheckpoint(dirpath=tmp_path / "unused", save_top_k=-1, every_n_train_steps=3)])
+    fit(reference, callbacks=every_3_steps("unused"))
     per_epoch = len(reference.seen) // 2
     assert per_epoch > 4
 
     crashed = _RecordBatches(crash_at=5)
     with pytest.raises(RuntimeError, match="simulated crash"):
-        fit(crashed, callbacks=[ModelCheckpoint(dirpath=tmp_path / "ckpt", save_top_k=-1, every_n_train_steps=3)])
+        fit(crashed, callbacks=every_3_steps("ckpt"))
     assert crashed.seen == reference.seen[:5]
     resumed = _RecordBatches()
-    fit(resumed, ckpt_path=tmp_path / "ckpt" / "epoch=0-step=3.ckpt")
+    fit(resumed, ckpt_path=tmp_path / "ckpt" / "epoch=0-step=3.ckpt", callbacks=every_3_steps("ckpt"))
     assert resumed.seen == reference.seen[3:]  # batches 4.. of epoch 0 (none repeated), then all of epoch 1
