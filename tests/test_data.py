@@ -5,6 +5,7 @@ from __future__ import annotations
 import functools
 import http.server
 import io
+import itertools
 import json
 import random
 import shutil
@@ -23,7 +24,8 @@ from transformers import AutoTokenizer
 
 from conftest import PTB_DIR, REPO, synthetic_sentences
 from textvae.config import load_config
-from textvae.data import PTB_MD5, SPLITS, BucketBatchSampler, load_corpus, make_loader, padding_share, ptb_files
+from textvae.data import (PTB_MD5, SPLITS, BucketBatchSampler, load_corpus, make_loader, padding_share,
+                          ptb_files, utf8_lines)
 from textvae.errors import UserError
 from textvae.tokenizer import (BOS_ID, EOS_ID, PAD_ID, SPECIAL_TOKENS, UNK, UNK_ID, decode_ids, encode_batch,
                                frame, load_tokenizer, save_tokenizer, train_tokenizer)
@@ -251,6 +253,15 @@ def test_non_utf8_bytes_are_reported_with_file_and_line(tmp_path, split):
     message = str(error.value)
     assert f"{tmp_path / f'{split}.txt'} line 3" in message
     assert "UTF-8" in message
+
+
+def test_utf8_check_streams_and_stops_at_the_first_bad_line():
+    # An endless input: a check that read the whole input before decoding would never return.
+    endless = itertools.chain([b"a b\n", "caf\u00e9\n".encode(), b"bad \xff byte\n"], itertools.repeat(b"a b\n"))
+    lines = utf8_lines(endless, "input.txt")
+    assert [next(lines), next(lines)] == ["a b\n", "caf\u00e9\n"]
+    with pytest.raises(UserError, match=r"^input.txt line 3 is not valid UTF-8 \(byte 0xff\)$"):
+        next(lines)
 
 
 def test_missing_text_file_is_named(tmp_path):

@@ -262,6 +262,12 @@ def args_interpolate_empty_sentence(work, corpus):
 
 
 @case
+def args_input_not_utf8(work, corpus):
+    (work / "latin1.txt").write_bytes(b"the cat saw the ball\nthe caf\xe9 was shut\n")
+    return ["score", "latin1.txt", "--model", "runs/model"], ["latin1.txt", "line 2", "UTF-8"]
+
+
+@case
 def train_unwritable_output_dir(work, corpus):
     (work / "somefile").write_text("a file, so nothing can be created under it\n")
     return train_args(corpus, output_dir="somefile/run", overwrite=False), ["somefile/run"]

@@ -32,20 +32,16 @@ class _Formatter(logging.Formatter):
 
 
 def read_input_lines(source: str) -> list[str]:
-    """Lines of FILE, or of stdin for '-'; non-UTF-8 bytes fail naming the line."""
+    """Lines of FILE, or of stdin for '-'; non-UTF-8 bytes fail naming the line (data.utf8_lines)."""
+    from textvae.data import utf8_lines
+
     if source == "-":
-        raw, name = sys.stdin.buffer.read(), "<stdin>"
-    else:
-        path = Path(source)
-        if not path.is_file():
-            raise UserError(f"input file not found: {source}")
-        raw, name = path.read_bytes(), source
-    try:
-        text = raw.decode("utf-8")
-    except UnicodeDecodeError as error:
-        line = raw[: error.start].count(b"\n") + 1
-        raise UserError(f"{name} line {line} is not valid UTF-8") from None
-    return text.splitlines()
+        return [text for line in utf8_lines(sys.stdin.buffer, "<stdin>") for text in line.splitlines()]
+    path = Path(source)
+    if not path.is_file():
+        raise UserError(f"input file not found: {source}")
+    with open(path, "rb") as handle:
+        return [text for line in utf8_lines(handle, source) for text in line.splitlines()]
 
 
 def _emit(lines, fmt: str = "text", key: str = "text") -> None:

@@ -3,9 +3,10 @@
 - PTB (`data.dataset: ptb`): Mikolov's three files in `data.root`, MD5-verified; when absent
   they are downloaded once from `data.download_url` (the original simple-examples archive)
   into a temporary directory and moved into place, so a broken download leaves nothing behind.
-- Text files (`data.dataset: text`): one UTF-8 sentence per line. Files are checked byte-wise
-  first so that a bad byte is reported with its line number, then read and tokenised through
-  HF `datasets` (cached between runs).
+- Text files (`data.dataset: text`): one UTF-8 sentence per line. Files are first streamed
+  line by line through `utf8_lines` (which also checks the CLI's input files) so that a bad
+  byte is reported with its line number, then read and tokenised through HF `datasets`
+  (cached between runs).
 - Empty lines are skipped and counted; training sentences over `data.max_length` tokens are
   truncated and counted; validation and test keep full sentences.
 - `BucketBatchSampler` groups sentences of similar length (padding ~1% instead of ~40%) and
@@ -29,6 +30,7 @@ import urllib.request
 import zlib
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Iterable, Iterator
 
 import lightning as L
 import torch
@@ -126,18 +128,26 @@ def split_files(config: DataConfig) -> dict[str, Path]:
     return {split: Path(path) for split, path in files.items()}
 
 
+def utf8_lines(lines: Iterable[bytes], name: str) -> Iterator[str]:
+    """Decode raw lines (a file opened in binary, or sys.stdin.buffer) one at a time, so memory
+    does not grow with the input; the first undecodable byte fails naming `name` and its line."""
+    for number, raw in enumerate(lines, 1):
+        try:
+            yield raw.decode("utf-8")
+        except UnicodeDecodeError as error:
+            raise UserError(f"{name} line {number} is not valid UTF-8 (byte {raw[error.start]:#04x})") from None
+
+
 def check_text_file(path: Path) -> None:
     """Fail with the file and line of the first problem: missing, empty, not UTF-8."""
     if not path.is_file():
         raise UserError(f"data: file not found: {path}")
-    raw = path.read_bytes()
-    if not raw.strip():
+    blank = True
+    with open(path, "rb") as handle:
+        for line in utf8_lines(handle, f"data: {path}"):  # every line is decoded, the blank check rides along
+            blank = blank and not line.strip()
+    if blank:
         raise UserError(f"data: {path} is empty")
-    try:
-        raw.decode("utf-8")
-    except UnicodeDecodeError as error:
-        line = raw[: error.start].count(b"\n") + 1
-        raise UserError(f"data: {path} line {line} is not valid UTF-8 (byte {raw[error.start]:#04x})") from None
 
 
 def read_sentences(path: Path, limit: int | None = None) -> tuple[list[str], int]:
