@@ -9,8 +9,10 @@ import pytest
 import torch
 
 from textvae.api import TextVAE
+from textvae.config import Config, DataConfig, DecoderConfig, EncoderConfig, ModelConfig
 from textvae.errors import UserError
-from textvae.tokenizer import UNK_ID
+from textvae.model import VAE
+from textvae.tokenizer import EOS_ID, UNK_ID, encode_batch, frame, train_tokenizer
 
 DECODERS = ["gru_run", "transformer_run"]
 SENTENCES = ["the cat saw the ball", "a small bird found a red car yesterday", "my sister called her friend again",
@@ -228,3 +230,51 @@ def test_bf16_precision_runs_every_operation_close_to_float32(vae, tmp_path):
 def test_unknown_precision_is_refused(gru_run):
     with pytest.raises(UserError, match="--precision must be 32 or bf16, got 'fp16'"):
         TextVAE.from_pretrained(gru_run, precision="fp16")
+
+
+def untrained_vae(decoder_type: str, encoder_positions: int = 12, decoder_positions: int = 8) -> TextVAE:
+    """A tiny untrained model with short position tables, over the words w0 .. w19."""
+    tokenizer = train_tokenizer([" ".join(f"w{i}" for i in range(20))], "word")
+    model = ModelConfig(latent_dim=4, encoder=EncoderConfig(layers=1, heads=2, width=16, feedforward=32,
+                                                            max_positions=encoder_positions),
+                        decoder=DecoderConfig(type=decoder_type, layers=1, hidden=16, embed_dim=16, heads=2,
+                                              feedforward=32, max_positions=decoder_positions))
+    torch.manual_seed(0)
+    return TextVAE(VAE(model, tokenizer.get_vocab_size()), tokenizer, Config(data=DataConfig(max_length=4), model=model))
+
+
+@pytest.mark.parametrize("decoder_type, max_words", [("gru", 10), ("transformer", 7)])
+def test_sentences_longer_than_the_model_reads_are_cut_counted_and_scored(decoder_type, max_words, textvae_log):
+    # 12 encoder positions hold <bos> + 10 words + <eos>; 8 transformer decoder positions <bos> + 7 words
+    vae = untrained_vae(decoder_type)
+    assert vae.max_words == max_words
+    sentences = [" ".join(f"w{i % 20}" for i in range(length)) for length in (3, max_words, max_words + 1, 40)]
+    nll, tokens = vae.score(sentences, iw_samples=2)
+    assert torch.isfinite(nll).all() and tokens.tolist() == [4, max_words + 1, max_words + 1, max_words + 1]
+    warnings = [r.getMessage() for r in textvae_log.records if r.levelno == logging.WARNING]
+    assert len(warnings) == 1 and warnings[0].startswith(f"2 of 4 sentence(s) are longer than the {max_words}")
+    assert vae.encode(sentences).shape == (4, 4) and len(vae.reconstruct(sentences)) == 4
+    # corpus ids (what evaluation scores) go through the same cut, with the count returned
+    framed = [frame(ids) for ids in encode_batch(vae.tokenizer, sentences)]
+    clipped, cut = vae.clip_to_model(framed)
+    assert cut == 2 and clipped == vae.tokenize(sentences)
+    assert clipped[:2] == framed[:2] and clipped[3] == [*framed[3][: max_words + 1], EOS_ID]
+
+
+def test_max_length_is_checked_against_a_transformer_decoder():
+    vae = untrained_vae("transformer")  # 8 decoder positions: <bos> and 7 produced tokens fed back, 8 produced
+    with torch.no_grad():
+        vae.model.output_bias[EOS_ID] -= 1e4  # never stop early: every output is max_length tokens long
+    z = torch.randn(3, 4)
+    for strategy in ("greedy", "sample", "beam"):
+        assert [len(s.split()) for s in vae.decode(z, strategy=strategy, max_length=8)] == [8, 8, 8]
+    assert [len(s.split()) for s in vae.decode(z)] == [8, 8, 8]  # the default (50) is capped to the decoder
+    for call in (lambda: vae.decode(z, max_length=9), lambda: vae.sample(n=2, max_length=9),
+                 lambda: vae.reconstruct(["w1 w2"], max_length=9),
+                 lambda: vae.interpolate("w1", "w2", steps=2, max_length=9)):
+        with pytest.raises(UserError, match=r"^--max-length must be at most 8 for this model .* got 9$"):
+            call()
+    gru = untrained_vae("gru")  # a GRU has no position table: any length
+    with torch.no_grad():
+        gru.model.output_bias[EOS_ID] -= 1e4
+    assert [len(s.split()) for s in gru.decode(z, max_length=60)] == [60, 60, 60]

@@ -97,6 +97,32 @@ def test_generate_streams(models):
     assert first == vae.sample(n=500, seed=0)[:3]
 
 
+def test_max_length_beyond_the_transformer_decoder_is_one_line_exit_2(models, sentence_file, tmp_path):
+    run, vae = models["transformer_run"]  # 512 decoder positions: at most 512 tokens per output
+    codes = tmp_path / "codes.npy"
+    np.save(codes, vae.encode(SENTENCES[:2]).numpy())
+    for command in (["generate", "--n", "2"], ["reconstruct", str(sentence_file)], ["decode", str(codes)],
+                    ["interpolate", SENTENCES[0], SENTENCES[1]]):
+        result = run_cli([*command, "--max-length", "513", "--model", str(run)], cwd=workdir(run))
+        assert result.returncode == 2 and result.stdout == "", (command, result.stderr[-2000:])
+        assert result.stderr == ("textvae: error: --max-length must be at most 512 for this model (its transformer "
+                                 "decoder has model.decoder.max_positions=512), got 513\n")
+    at_limit = ok(run_cli(["generate", "--n", "2", "--max-length", "512", "--model", str(run)], cwd=workdir(run)))
+    assert len(at_limit) == 2
+
+
+def test_score_reports_lines_longer_than_the_model_reads(models, tmp_path):
+    run, _ = models["transformer_run"]
+    long_line = " ".join(["the cat saw the ball"] * 120)  # 600 words; the model reads 510
+    path = tmp_path / "lines.txt"
+    path.write_text(f"{SENTENCES[0]}\n{long_line}\n")
+    result = run_cli(["score", str(path), "--iw-samples", "2", "--model", str(run)], cwd=workdir(run))
+    rows = parse_score_text(ok(result))
+    assert [row[2] for row in rows] == [6, 511] and all(np.isfinite(row[0]) for row in rows)
+    assert "warning: 1 of 2 sentence(s) are longer than the 510 tokens this model reads" in result.stderr
+    assert "Traceback" not in result.stderr
+
+
 def test_interpolate_matches_api(models):
     run, vae = models["transformer_run"]
     a, b = SENTENCES[0], SENTENCES[1]

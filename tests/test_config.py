@@ -193,6 +193,26 @@ def test_out_of_range_value_names_the_key_and_value(flags, key):
     assert "\n" not in message
 
 
+@pytest.mark.parametrize("flags, limit, names", [
+    (["--model.encoder.max_positions", "50"], 48, ["model.encoder.max_positions=50"]),
+    (["--model.decoder.type", "transformer", "--model.decoder.max_positions", "40"], 39,
+     ["model.encoder.max_positions=512", "model.decoder.max_positions=40"]),
+], ids=["encoder", "transformer-decoder"])
+def test_max_length_must_fit_the_position_tables(flags, limit, names):
+    # <bos> w1 .. wn <eos> fills n + 2 encoder positions; a transformer decoder reads <bos> w1 .. wn
+    assert load_config(None, [*flags, "--data.max_length", str(limit)]).data.max_length == limit
+    with pytest.raises(UserError) as error:
+        load_config(None, [*flags, "--data.max_length", str(limit + 1)])
+    message = str(error.value)
+    assert message.startswith(f"config: data.max_length must be at most {limit}")
+    assert all(name in message for name in names) and message.endswith(f"got {limit + 1}")
+
+
+def test_a_gru_decoder_has_no_position_limit():
+    config = load_config(None, ["--model.decoder.max_positions", "10", "--data.max_length", "300"])
+    assert config.model.max_words == 510
+
+
 def test_word_dropout_bounds_are_inclusive():
     assert load_config(None, ["--model.word_dropout", "0"]).model.word_dropout == 0.0
     assert load_config(None, ["--model.word_dropout", "1"]).model.word_dropout == 1.0

@@ -107,6 +107,17 @@ def test_transformer_cache_extended_by_several_tokens_at_once():
     torch.testing.assert_close(second, full[:, 4:], atol=1e-5, rtol=1e-5)
 
 
+@pytest.mark.parametrize("decoder_type", DECODERS)
+def test_inputs_longer_than_the_position_tables_are_refused_not_cut(decoder_type):
+    # Cutting is the tokeniser's job (TextVAE.clip_to_model, counted and warned); here it would be silent.
+    model = tiny_model(decoder_type)  # 64 encoder positions, and 64 for the transformer decoder
+    fits = framed_batch([62], seed=13, vocab=VOCAB)  # (1, 64)
+    model.encode(fits)
+    model.reconstruction_nll(fits, torch.randn(1, 8))
+    with pytest.raises(ValueError, match="model.encoder.max_positions=64"):
+        model.encode(framed_batch([63], seed=13, vocab=VOCAB))
+
+
 Z_INJECTIONS = [
     ("gru", {}),
     ("gru", {"z_init_hidden": True, "z_concat_input": False}),

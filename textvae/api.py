@@ -9,6 +9,11 @@ model under the final name.
 
 Sentences are tokenised exactly as in training (`<bos> w1 .. wn <eos>`); unknown words become
 `<unk>` with one warning per call. Work is batched by length and returned in input order.
+
+Length limits are the model's position tables, checked in one place each: a sentence longer than
+`max_words` tokens is cut to its first `max_words` (and `<eos>`) by `clip_to_model`, which warns
+and returns the count (every sentence the model reads goes through it); `--max-length` beyond
+what a transformer decoder can produce is a `UserError` (`check_max_length`).
 """
 
 from __future__ import annotations
@@ -36,6 +41,7 @@ log = logging.getLogger("textvae")
 
 FORMAT_VERSION = 1
 NO_MODEL_HINT = "train one with `textvae train --config configs/ptb.yaml` or pass --model DIR"
+DEFAULT_MAX_LENGTH = 50  # tokens per decoded sentence when not given (capped to the decoder's positions)
 
 
 def resolve_model_dir(path: str | os.PathLike) -> Path:
@@ -93,10 +99,7 @@ class TextVAE:
         self.config = config
         self.extra = dict(extra or {})
         self.precision = check_precision(precision)
-        limits = [config.model.encoder.max_positions]
-        if config.model.decoder.type == "transformer":
-            limits.append(config.model.decoder.max_positions)
-        self.max_words = min(limits) - 2
+        self.max_words = config.model.max_words  # longest sentence (tokens besides <bos>/<eos>) it reads
 
     @property
     def device(self) -> torch.device:
@@ -167,17 +170,52 @@ class TextVAE:
 
     # ------------------------------------------------------------------------------ tokenising
     def tokenize(self, sentences: list[str]) -> list[list[int]]:
-        """Framed ids for each sentence; warns once about unknown words and over-long inputs."""
+        """Framed ids for each sentence, cut to what the model reads (`clip_to_model`); warns once
+        about unknown words and once about over-long sentences."""
         if isinstance(sentences, str):
             raise TypeError("pass a list of sentences, not a single string")
         words = encode_batch(self.tokenizer, list(sentences))
         unknown = sum(ids.count(UNK_ID) for ids in words) - sum(s.split().count(UNK) for s in sentences)
         if unknown > 0:
             log.warning("%d unknown word(s) mapped to %s", unknown, UNK)
-        too_long = sum(len(ids) > self.max_words for ids in words)
-        if too_long:
-            log.warning("%d sentence(s) longer than %d tokens were truncated", too_long, self.max_words)
-        return [frame(ids, self.max_words) for ids in words]
+        framed, _ = self.clip_to_model([frame(ids) for ids in words])
+        return framed
+
+    def clip_to_model(self, framed: list[list[int]]) -> tuple[list[list[int]], int]:
+        """Framed sentences (`<bos> w1 .. wn <eos>`, e.g. a corpus split's ids) with each one longer
+        than `max_words` tokens cut to its first `max_words` and `<eos>`, and how many were cut.
+
+        The encoder's and a transformer decoder's position tables end there, so the model cannot
+        read the rest: scores and metrics of cut sentences cover their first `max_words` tokens
+        only. Warns when any sentence was cut; evaluation should also report the count.
+        """
+        limit = self.max_words + 2
+        cut = sum(len(ids) > limit for ids in framed)
+        if cut:
+            log.warning("%d of %d sentence(s) are longer than the %d tokens this model reads (its position "
+                        "tables); each was cut to its first %d tokens", cut, len(framed), self.max_words,
+                        self.max_words)
+        return [ids if len(ids) <= limit else [*ids[: limit - 1], ids[-1]] for ids in framed], cut
+
+    @property
+    def max_new_tokens(self) -> int | None:
+        """Most tokens one decode can produce (words + <eos>): a transformer decoder feeds <bos> and
+        each produced token but the last through its position table; a GRU has no limit (None)."""
+        decoder = self.config.model.decoder
+        return decoder.max_positions if decoder.type == "transformer" else None
+
+    def check_max_length(self, max_length: int | None) -> int:
+        """The `max_length` to decode with: as given if the decoder can produce it, else a
+        `UserError`; None gives DEFAULT_MAX_LENGTH, capped to the decoder."""
+        limit = self.max_new_tokens
+        if max_length is None:
+            return DEFAULT_MAX_LENGTH if limit is None else min(DEFAULT_MAX_LENGTH, limit)
+        if max_length < 1:
+            raise UserError(f"--max-length must be at least 1, got {max_length}")
+        if limit is not None and max_length > limit:
+            raise UserError(f"--max-length must be at most {limit} for this model (its transformer decoder has "
+                            f"model.decoder.max_positions={limit}), got {max_length}")
+        return max_length
 
     def _batches(self, ids: list[list[int]], batch_size: int) -> Iterator[tuple[list[int], torch.Tensor]]:
         """(positions in the input, padded tokens) for length-sorted batches."""
@@ -203,10 +241,12 @@ class TextVAE:
 
     @torch.no_grad()
     def decode(self, z: torch.Tensor, strategy: str = "greedy", temperature: float = 1.0, top_k: int | None = None,
-               top_p: float | None = None, beam_size: int = 4, max_length: int = 50, seed: int | None = None,
-               batch_size: int = 500, use_cache: bool = True) -> list[str]:
-        """Sentences for codes `z` (n, latent_dim)."""
+               top_p: float | None = None, beam_size: int = 4, max_length: int | None = None,
+               seed: int | None = None, batch_size: int = 500, use_cache: bool = True) -> list[str]:
+        """Sentences for codes `z` (n, latent_dim), each at most `max_length` tokens (see
+        `check_max_length`; a transformer decoder cannot go past its positions)."""
         check_decoding(strategy, temperature, top_k, top_p, beam_size, max_length)
+        max_length = self.check_max_length(max_length)
         z = torch.as_tensor(z, dtype=torch.float32)
         if z.dim() != 2 or z.size(1) != self.latent_dim:
             raise UserError(f"codes must have shape (n, {self.latent_dim}), got {tuple(z.shape)}")
@@ -237,6 +277,7 @@ class TextVAE:
 
     def reconstruct(self, sentences: list[str], **decoding) -> list[str]:
         """Encode (posterior mean) and decode each sentence."""
+        self.check_max_length(decoding.get("max_length"))  # before the encoding work, not after
         return self.decode(self.encode(sentences), **decoding)
 
     def interpolate(self, a: str, b: str, steps: int = 8, method: str = "slerp", **decoding) -> list[str]:
@@ -247,6 +288,7 @@ class TextVAE:
             raise UserError(f"--steps must be at least 1, got {steps}")
         if method not in ("slerp", "linear"):
             raise UserError(f"--method must be 'slerp' or 'linear', got {method!r}")
+        self.check_max_length(decoding.get("max_length"))
         start, end = self.encode([a, b])
         t = torch.linspace(0, 1, steps + 2)
         path = slerp(start, end, t) if method == "slerp" else (1 - t[:, None]) * start + t[:, None] * end
@@ -291,7 +333,9 @@ def check_precision(precision: str) -> str:
 
 
 def check_decoding(strategy: str, temperature: float, top_k: int | None, top_p: float | None, beam_size: int,
-                   max_length: int) -> None:
+                   max_length: int | None) -> None:
+    """Checks that need no model (the CLI runs them before loading one); see also
+    `TextVAE.check_max_length`."""
     if strategy not in STRATEGIES:
         raise UserError(f"--strategy must be one of {', '.join(STRATEGIES)}, got {strategy!r}")
     if temperature <= 0:
@@ -302,5 +346,5 @@ def check_decoding(strategy: str, temperature: float, top_k: int | None, top_p: 
         raise UserError(f"--top-p must be in (0, 1], got {top_p}")
     if beam_size < 1:
         raise UserError(f"--beam-size must be at least 1, got {beam_size}")
-    if max_length < 1:
+    if max_length is not None and max_length < 1:
         raise UserError(f"--max-length must be at least 1, got {max_length}")

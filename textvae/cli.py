@@ -185,7 +185,9 @@ def build_parser() -> argparse.ArgumentParser:
     decoding.add_argument("--top-k", type=int, default=None, help="sample from the k most likely tokens")
     decoding.add_argument("--top-p", type=float, default=None, help="nucleus sampling mass in (0, 1]")
     decoding.add_argument("--beam-size", type=int, default=4, help="beams for --strategy beam")
-    decoding.add_argument("--max-length", type=int, default=50, help="longest output in tokens")
+    decoding.add_argument("--max-length", type=int, default=None,
+                          help="longest output in tokens (default 50; a transformer decoder allows at most its "
+                               "model.decoder.max_positions)")
     decoding.add_argument("--format", choices=("text", "jsonl"), default="text", help="output format")
 
     generate = commands.add_parser("generate", parents=[common, model, decoding],

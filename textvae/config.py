@@ -42,7 +42,7 @@ class DataConfig:
     vocab_size: int = 10000  # bpe only: target vocabulary size including special tokens
     min_frequency: int = 1  # word types seen fewer times in train map to <unk>
     limit: Optional[int] = None  # use only the first N sentences of each split (quick experiments)
-    max_length: int = 96  # training sentences longer than this many tokens are truncated (counted)
+    max_length: int = 96  # longer training sentences are truncated (counted); at most model.max_words
     batch_size: int = 64  # sentences per training batch (per device)
     eval_batch_size: int = 256  # sentences per evaluation batch
     bucket_pool: int = 100  # batches per sorting pool: bigger pools pad less, shuffle less
@@ -124,6 +124,15 @@ class ModelConfig:
     def __post_init__(self):
         _require(self.latent_dim >= 1, "model.latent_dim", "must be > 0", self.latent_dim)
         _require(0.0 <= self.word_dropout <= 1.0, "model.word_dropout", "must be in [0, 1]", self.word_dropout)
+
+    @property
+    def max_words(self) -> int:
+        """Longest sentence (tokens besides <bos>/<eos>) the model reads: the encoder takes
+        `<bos> w1 .. wn <eos>` (n + 2 positions), a transformer decoder `<bos> w1 .. wn` (n + 1)."""
+        limit = self.encoder.max_positions - 2
+        if self.decoder.type == "transformer":
+            limit = min(limit, self.decoder.max_positions - 1)
+        return limit
 
 
 @dataclass
@@ -235,6 +244,17 @@ class Config:
     kl: KLConfig = field(default_factory=KLConfig)  # KL weight schedule and free bits
     trainer: TrainerConfig = field(default_factory=TrainerConfig)  # passed to lightning.Trainer
     eval: EvalConfig = field(default_factory=EvalConfig)  # metrics computed after training
+
+    def __post_init__(self):
+        # Training sentences must fit the position tables. Longer evaluation sentences are cut to
+        # model.max_words where they are tokenised (TextVAE.clip_to_model), and counted.
+        model = self.model
+        positions = f"model.encoder.max_positions={model.encoder.max_positions}"
+        if model.decoder.type == "transformer":
+            positions += f" and model.decoder.max_positions={model.decoder.max_positions}"
+        _require(self.data.max_length <= model.max_words, "data.max_length",
+                 f"must be at most {model.max_words}, the tokens that {positions} hold besides <bos> and <eos>",
+                 self.data.max_length)
 
     def to_dict(self) -> dict:
         return dataclasses.asdict(self)

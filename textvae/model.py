@@ -11,6 +11,8 @@
 - The output projection and the loss run only on real (non-pad) target positions: with
   bucketed batches that is most of the saving, and it keeps padding out of the softmax. They
   run in blocks of `LOSS_ROWS` positions, so the float logits never fill memory.
+- Inputs longer than a position table (`max_positions`) are a caller's bug and raise: sentences
+  are cut to `ModelConfig.max_words` where they are tokenised, with a count, never silently here.
 - Weight tying shares the input embedding with the output projection (a linear map from the
   decoder width to the embedding size is inserted when they differ).
 
@@ -46,7 +48,11 @@ class Encoder(nn.Module):
         self.to_posterior = nn.Linear(config.width, 2 * latent_dim)
 
     def forward(self, tokens: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        tokens = tokens[:, : self.max_positions]  # longer inputs: q(z|x) sees their first part
+        # Callers cut longer sentences where they tokenise them (TextVAE.clip_to_model, counted and
+        # warned); cutting them here would hide it.
+        if tokens.size(1) > self.max_positions:
+            raise ValueError(f"sequence of {tokens.size(1)} tokens is longer than "
+                             f"model.encoder.max_positions={self.max_positions}")
         pad = tokens == PAD_ID  # (B, T)
         positions = torch.arange(tokens.size(1), device=tokens.device)
         hidden = self.embed(tokens) + self.position(positions)  # (B, T, W)
