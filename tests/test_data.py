@@ -444,6 +444,33 @@ def test_loader_state_resumes_mid_epoch_after_the_batches_already_seen():
     assert [batch["index"].tolist() for batch in other] == full
 
 
+def test_sampler_state_round_trips_without_a_loader():
+    sampler = BucketBatchSampler(SENTENCE_LENGTHS, 32, seed=3, pool=4)
+    sampler.set_epoch(2)
+    full = list(sampler)
+    batches = iter(sampler)
+    seen = [next(batches) for _ in range(4)]
+    state = sampler.state_dict()
+    assert state == {"epoch": 2, "batches": 4}
+    resumed = BucketBatchSampler(SENTENCE_LENGTHS, 32, seed=3, pool=4)
+    resumed.load_state_dict(state)
+    resumed.set_epoch(2)
+    assert seen + list(resumed) == full
+    assert resumed.state_dict() == {"epoch": 2, "batches": len(full)}
+
+
+def test_loader_state_counts_delivered_batches_not_those_prefetched_by_workers():
+    loader = make_loader(_frames(), 32, shuffle=True, seed=3, pool=4, num_workers=1)
+    full = [batch["index"].tolist() for batch in loader]
+    iterator = iter(loader)
+    seen = [next(iterator)["index"].tolist() for _ in range(2)]
+    assert loader.batch_sampler.yielded > 2  # the worker has been handed batches ahead of use
+    assert loader.state_dict() == {"epoch": 0, "batches": 2}
+    resumed = make_loader(_frames(), 32, shuffle=True, seed=3, pool=4, num_workers=1)
+    resumed.load_state_dict(loader.state_dict())
+    assert seen + [batch["index"].tolist() for batch in resumed] == full
+
+
 class _RecordBatches(L.LightningModule):
     """Trains nothing useful; records the sentence indices of every training batch and can crash."""
 

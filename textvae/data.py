@@ -222,6 +222,9 @@ class BucketBatchSampler(Sampler[list[int]]):
     once; to give each rank the same number of steps (DDP would hang otherwise) the largest
     batches are halved until the count divides evenly. Without shuffling, all sentences are
     sorted by length (evaluation).
+
+    The sampler counts the batches it hands out, so `state_dict()` says where the current pass
+    stands and `load_state_dict()` makes the next pass over that epoch skip what was trained on.
     """
 
     def __init__(self, lengths: list[int], batch_size: int, shuffle: bool = True, seed: int = 0,
@@ -235,15 +238,20 @@ class BucketBatchSampler(Sampler[list[int]]):
         # Lightning calls set_epoch on `dataloader.batch_sampler.sampler`; point it here.
         self.sampler = self
         self._length = len(self._all_batches())
-        self.skipped = 0  # batches of this epoch skipped on resume (already trained on)
+        self.skipped = 0  # batches of this pass skipped on resume (already trained on)
+        self.yielded = 0  # batches of this pass handed out so far
         self._resume_at: tuple[int, int] | None = None
 
     def set_epoch(self, epoch: int) -> None:
-        self.epoch, self.skipped = epoch, 0
+        self.epoch, self.skipped, self.yielded = epoch, 0, 0
 
-    def resume(self, epoch: int, batches: int) -> None:
-        """Make the next pass over `epoch` start after its first `batches` batches."""
-        self._resume_at = (epoch, batches)
+    def state_dict(self) -> dict:
+        """The current pass's epoch and the batches of it already handed out (or skipped)."""
+        return {"epoch": self.epoch, "batches": self.skipped + self.yielded}
+
+    def load_state_dict(self, state: dict) -> None:
+        """Make the next pass over `state["epoch"]` start after its first `state["batches"]` batches."""
+        self._resume_at = (int(state["epoch"]), int(state["batches"]))
 
     def _all_batches(self) -> list[list[int]]:
         generator = torch.Generator().manual_seed(self.seed + self.epoch)
@@ -276,7 +284,10 @@ class BucketBatchSampler(Sampler[list[int]]):
         if self._resume_at is not None:
             epoch, done = self._resume_at
             self._resume_at, self.skipped = None, done if epoch == self.epoch else 0
-        yield from batches[self.skipped:]
+        self.yielded = 0
+        for batch in batches[self.skipped:]:
+            self.yielded += 1
+            yield batch
 
     def __len__(self) -> int:
         return self._length // self.num_replicas
@@ -302,23 +313,29 @@ class _Indexed(torch.utils.data.Dataset):
 class ResumableLoader(DataLoader):
     """A DataLoader over a `BucketBatchSampler` whose place in the epoch survives a checkpoint.
 
-    Lightning treats a loader with `state_dict`/`load_state_dict` as stateful: it stores the
-    state in every checkpoint and loads it on resume, so a run resumed mid-epoch trains on the
-    rest of that epoch's batches instead of starting the epoch's order again.
+    Lightning treats a loader with `state_dict`/`load_state_dict` as stateful (it does not look
+    at the sampler): it stores the state in every checkpoint and loads it on resume, so a run
+    resumed mid-epoch trains on the rest of that epoch's batches instead of starting the epoch's
+    order again. The state is the sampler's, except that the loader counts the batches it has
+    delivered itself: with workers, the DataLoader draws batches from the sampler ahead of use.
     """
 
-    _last_iterator = None
+    delivered = 0  # batches of the current pass handed to the training loop
 
-    def _get_iterator(self):
-        self._last_iterator = super()._get_iterator()
-        return self._last_iterator
+    def __iter__(self):
+        self.delivered = 0
+        return self._count(super().__iter__())
+
+    def _count(self, batches):
+        for batch in batches:
+            self.delivered += 1
+            yield batch
 
     def state_dict(self) -> dict:
-        yielded = self._last_iterator._num_yielded if self._last_iterator is not None else 0
-        return {"epoch": self.batch_sampler.epoch, "batches": self.batch_sampler.skipped + yielded}
+        return {**self.batch_sampler.state_dict(), "batches": self.batch_sampler.skipped + self.delivered}
 
     def load_state_dict(self, state: dict) -> None:
-        self.batch_sampler.resume(int(state["epoch"]), int(state["batches"]))
+        self.batch_sampler.load_state_dict(state)
 
 
 def make_loader(ids: list[list[int]], batch_size: int, shuffle: bool, seed: int = 0, pool: int = 100,
