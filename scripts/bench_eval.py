@@ -18,7 +18,7 @@ import time
 import torch
 
 from textvae.api import TextVAE
-from textvae.bench import machine, matmul_gflops, model_flops_per_token
+from benchlib import machine, matmul_gflops, model_flops_per_token
 from textvae.config import load_config
 from textvae.data import load_corpus
 from textvae.model import VAE

@@ -19,7 +19,7 @@ import time
 import torch
 
 from textvae.api import TextVAE
-from textvae.bench import machine
+from benchlib import machine
 from textvae.config import load_config
 from textvae.generate import decode_codes
 from textvae.metrics import autocast

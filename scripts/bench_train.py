@@ -20,7 +20,7 @@ import lightning as L
 import torch
 from lightning.pytorch.callbacks import Callback
 
-from textvae.bench import machine, matmul_gflops, model_flops_per_token, peak_rss_mb
+from benchlib import machine, matmul_gflops, model_flops_per_token, peak_rss_mb
 from textvae.config import load_config
 from textvae.data import load_corpus, make_loader
 from textvae.system import VAESystem

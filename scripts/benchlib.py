@@ -1,9 +1,14 @@
 """Measurement helpers shared by the benchmark scripts: machine facts, matmul rate, model FLOPs.
 
+Lives beside the scripts, not in the package: `python scripts/bench_*.py` puts this directory
+first on `sys.path`, so they `import benchlib`.
+
 `model_flops_per_token` counts 6 x the weights each predicted token touches (forward 2, backward
 4) plus attention score/value terms; embedding lookups are not matrix multiplies and are left
-out. `matmul_gflops` times large square `torch.matmul`s so that MFU (achieved model FLOP/s over
-the measured matmul rate) compares against what this machine can do, in the same run.
+out, and so are the per-sentence maps of z (a few per cent at most). tests/test_bench.py checks
+it against torch's own FLOP counter on the real model. `matmul_gflops` times large square
+`torch.matmul`s so that MFU (achieved model FLOP/s over the measured matmul rate) compares
+against what this machine can do, in the same run.
 """
 
 from __future__ import annotations
@@ -48,8 +53,8 @@ def matmul_gflops(dtype: torch.dtype = torch.float32, size: int = 2048, seconds:
     return 2 * size**3 * count / (time.perf_counter() - start) / 1e9
 
 
-def _transformer_layer_weights(width: int, feedforward: int, cross: bool) -> int:
-    return 4 * width * width + 2 * width * feedforward + (4 * width * width if cross else 0)
+def _transformer_layer_weights(width: int, feedforward: int) -> int:
+    return 4 * width * width + 2 * width * feedforward  # q, k, v, out; feed-forward in and out
 
 
 def model_flops_per_token(config: ModelConfig, vocab_size: int, mean_length: float, training: bool = True) -> float:
@@ -57,18 +62,22 @@ def model_flops_per_token(config: ModelConfig, vocab_size: int, mean_length: flo
     multiplier = 6 if training else 2
     encoder = config.encoder
     decoder = config.decoder
-    weights = encoder.layers * _transformer_layer_weights(encoder.width, encoder.feedforward, False)
-    attention = encoder.layers * 2 * 2 * encoder.width * (mean_length + 1)  # scores + values, full attention
+    # The encoder reads <bos> w1 .. wn <eos>: n + 2 positions for the n + 1 predicted tokens.
+    encoder_positions = (mean_length + 1) / mean_length
+    weights = encoder.layers * _transformer_layer_weights(encoder.width, encoder.feedforward) * encoder_positions
+    attention = encoder.layers * 2 * 2 * encoder.width * (mean_length + 1) * encoder_positions  # full attention
     if decoder.type == "gru":
         input_dim = decoder.embed_dim + (config.latent_dim if decoder.z_concat_input else 0)
         weights += 3 * decoder.hidden * (input_dim + decoder.hidden)
         weights += 3 * decoder.hidden * 2 * decoder.hidden * (decoder.layers - 1)
         embed_dim = decoder.embed_dim
     else:
-        weights += decoder.layers * _transformer_layer_weights(decoder.hidden, decoder.feedforward,
-                                                                decoder.z_cross_attention)
+        weights += decoder.layers * _transformer_layer_weights(decoder.hidden, decoder.feedforward)
         attention += decoder.layers * 2 * 2 * decoder.hidden * (mean_length / 2)  # causal: half on average
         if decoder.z_cross_attention:
+            # queries and output per token; keys and values only for the memory slots of each sentence
+            slots_per_token = decoder.memory_slots / mean_length
+            weights += decoder.layers * 2 * decoder.hidden * decoder.hidden * (1 + slots_per_token)
             attention += decoder.layers * 2 * 2 * decoder.hidden * decoder.memory_slots
         embed_dim = decoder.hidden
     if decoder.tie_embeddings:
