@@ -22,17 +22,7 @@ from benchlib import machine, matmul_gflops, model_flops_per_token
 from textvae.config import load_config
 from textvae.data import load_corpus
 from textvae.model import VAE
-from textvae.metrics import autocast, iw_batch_size, iw_nll
-
-
-@torch.no_grad()
-def iw_nll_split(vae: TextVAE, ids: list[list[int]], samples: int, precision: str) -> torch.Tensor:
-    generator = torch.Generator().manual_seed(0)
-    nll = torch.zeros(len(ids))
-    for positions, batch in vae._batches(ids, iw_batch_size(samples)):
-        with autocast(vae.device, precision):
-            nll[positions] = iw_nll(vae.model, batch, samples, generator=generator).nll
-    return nll
+from textvae.evaluate import score_ids
 
 
 def main(argv=None) -> None:
@@ -45,18 +35,18 @@ def main(argv=None) -> None:
     parser.add_argument("--limit", type=int, default=None, help="time only the first N test sentences")
     args = parser.parse_args(argv)
     if args.model:
-        vae = TextVAE.from_pretrained(args.model)
+        vae = TextVAE.from_pretrained(args.model, precision=args.precision)
         corpus, _ = load_corpus(vae.config.data, vae.tokenizer, splits=("test",))
     else:
         config = load_config(args.config)
         corpus, tokenizer = load_corpus(config.data, splits=("train", "test"))
-        vae = TextVAE(VAE(config.model, tokenizer.get_vocab_size()), tokenizer, config)
+        vae = TextVAE(VAE(config.model, tokenizer.get_vocab_size()), tokenizer, config, precision=args.precision)
     ids = corpus["test"].ids
     subset = ids[: args.limit] if args.limit else ids
     fp32 = matmul_gflops(torch.float32)
     bf16 = matmul_gflops(torch.bfloat16)
     start = time.perf_counter()
-    nll = iw_nll_split(vae, subset, args.iw_samples, args.precision)
+    nll = score_ids(vae, subset, args.iw_samples).nll
     seconds = time.perf_counter() - start
     subset_tokens = sum(len(x) - 1 for x in subset)
     all_tokens = sum(len(x) - 1 for x in ids)

@@ -18,11 +18,10 @@ import time
 
 import torch
 
-from textvae.api import TextVAE
+from textvae.api import TextVAE, autocast
 from benchlib import machine
 from textvae.config import load_config
 from textvae.generate import decode_codes
-from textvae.metrics import autocast
 from textvae.model import VAE
 from textvae.tokenizer import EOS_ID
 

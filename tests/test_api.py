@@ -12,7 +12,7 @@ from textvae.api import TextVAE
 from textvae.config import Config, DataConfig, DecoderConfig, EncoderConfig, ModelConfig
 from textvae.errors import UserError
 from textvae.model import VAE
-from textvae.tokenizer import EOS_ID, UNK_ID, encode_batch, frame, train_tokenizer
+from textvae.tokenizer import EOS_ID, UNK_ID, encode_batch, frame, length_batches, train_tokenizer
 
 DECODERS = ["gru_run", "transformer_run"]
 SENTENCES = ["the cat saw the ball", "a small bird found a red car yesterday", "my sister called her friend again",
@@ -86,7 +86,7 @@ def test_encode_returns_posterior_means(vae):
     torch.testing.assert_close(vae.encode(SENTENCES[:1])[0], codes[0], rtol=1e-5, atol=1e-5)
     torch.testing.assert_close(vae.encode(SENTENCES[::-1]), codes.flip(0), rtol=1e-5, atol=1e-5)
     with torch.no_grad():
-        mean, _ = vae.model.encode(next(vae._batches(vae.tokenize(SENTENCES[:1]), 1))[1])
+        mean, _ = vae.model.encode(next(length_batches(vae.tokenize(SENTENCES[:1]), 1))[1])
     torch.testing.assert_close(mean[0], codes[0], rtol=1e-5, atol=1e-5)
 
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import csv
 import hashlib
+import importlib.util
 import json
 import math
 import os
@@ -24,7 +25,8 @@ from conftest import CONFIGS, PTB_DIR, run_cli, text_overrides
 from textvae import TextVAE
 
 DEBUG_YAML = str(CONFIGS / "debug.yaml")
-SMALL_EVAL = ["--eval.prior_samples", "10", "--eval.bleu_sentences", "10", "--eval.num_samples_txt", "2"]
+SMALL_EVAL = ["--eval.prior_samples", "10", "--eval.bleu_sentences", "10", "--eval.interp_pairs", "5",
+              "--eval.num_samples_txt", "2"]
 
 
 @pytest.fixture(scope="module", autouse=True)
@@ -130,6 +132,11 @@ def config_bad_trainer_precision(work, corpus):  # Lightning's own check, reache
 @case
 def config_bad_trainer_strategy(work, corpus):
     return train_args(corpus, "--trainer.strategy", "bogus"), ["trainer", "bogus"]
+
+
+@case
+def config_unknown_logger(work, corpus):
+    return train_args(corpus, "--trainer.logger", "[csv,comet]"), ["trainer.logger", "comet", "tensorboard"]
 
 
 @case
@@ -278,6 +285,37 @@ def train_existing_run_without_resume_or_overwrite(work, corpus):
     return train_args(corpus, overwrite=False), ["runs/model", "--resume", "--overwrite"]
 
 
+class _Payload:
+    """Unpickling this calls os.mkdir(path): the kind of code a hostile checkpoint can carry."""
+
+    def __init__(self, path: Path):
+        self.path = str(path)
+
+    def __reduce__(self):
+        return os.mkdir, (self.path,)
+
+
+def add_payload(checkpoint: Path, marker: Path) -> None:
+    state = torch.load(checkpoint, map_location="cpu", weights_only=True)
+    state["callbacks"]["payload"] = _Payload(marker)
+    torch.save(state, checkpoint)
+
+
+@case
+def train_resume_from_checkpoint_with_pickled_payload(work, corpus):
+    # The snapshot comparison would see the directory the payload makes if it ran.
+    add_payload(work / "runs" / "model" / "checkpoints" / "last.ckpt", work / "payload-ran")
+    return (train_args(corpus, "--resume", overwrite=False),
+            ["runs/model/checkpoints/last.ckpt", "pickled", "posix.mkdir"])
+
+
+@case
+def train_resume_from_truncated_checkpoint(work, corpus):
+    last = work / "runs" / "model" / "checkpoints" / "last.ckpt"
+    last.write_bytes(last.read_bytes()[:4096])
+    return train_args(corpus, "--resume", overwrite=False), ["runs/model/checkpoints/last.ckpt", "not a readable"]
+
+
 @pytest.fixture(scope="module")
 def bad_input_runs(tmp_path_factory, gru_run, tiny_corpus) -> dict:
     """Every case's CLI result and snapshots of its working directory before and after.
@@ -338,7 +376,7 @@ def start_cli(args: list[str], cwd: Path, stderr) -> subprocess.Popen:
 
 
 def checkpoint_step(path: Path) -> int:
-    return int(torch.load(path, map_location="cpu", weights_only=False)["global_step"])
+    return int(torch.load(path, map_location="cpu", weights_only=True)["global_step"])
 
 
 def wait_for_checkpoint(path: Path, process: subprocess.Popen, min_step: int, timeout: float = 180) -> list[int]:
@@ -351,7 +389,7 @@ def wait_for_checkpoint(path: Path, process: subprocess.Popen, min_step: int, ti
             mtime = path.stat().st_mtime_ns
             try:
                 seen.append(checkpoint_step(path))
-            except (RuntimeError, EOFError, pickle.UnpicklingError):  # caught mid-write
+            except (RuntimeError, EOFError, OSError, pickle.UnpicklingError):  # caught mid-write
                 mtime = None
             if seen and seen[-1] >= min_step:
                 return seen
@@ -393,21 +431,50 @@ def test_killed_training_resumes_from_last_checkpoint(tmp_path, tiny_corpus):
     assert len(samples) == 3 and all(isinstance(s, str) for s in samples)
 
 
-def test_sigint_saves_checkpoint_and_exits_130(tmp_path, tiny_corpus):
+@pytest.mark.parametrize("signum, status", [(signal.SIGINT, 130), (signal.SIGTERM, 143)])
+def test_signal_saves_checkpoint_and_exits_128_plus_signal(tmp_path, tiny_corpus, signum, status):
     args = ["train", "--config", DEBUG_YAML, *text_overrides(tiny_corpus), "--output_dir", "runs/stop",
             "--trainer.checkpoint_every_n_steps", "3", "--trainer.max_epochs", "200"]
     last = tmp_path / "runs" / "stop" / "checkpoints" / "last.ckpt"
     process = start_cli(args, tmp_path, subprocess.PIPE)
     wait_for_checkpoint(last, process, min_step=1)
-    process.send_signal(signal.SIGINT)
+    process.send_signal(signum)
     _, stderr = process.communicate(timeout=120)
-    assert process.returncode == 130, stderr[-3000:]
+    assert process.returncode == status, stderr[-3000:]
     assert "Traceback" not in stderr
     message = stderr.strip().splitlines()[-1]
     assert message.startswith("textvae: ") and "--resume" in message, stderr[-3000:]
     stopped_at = int(re.search(r"at step (\d+)", message).group(1))
     assert checkpoint_step(last) == stopped_at >= 1  # saved on the signal, not only by the periodic save
     assert not (tmp_path / "runs" / "stop" / "model").exists()
+
+
+def test_pickled_payload_in_the_best_checkpoint_is_refused_at_the_end_of_a_run(tmp_path, tiny_corpus):
+    args = train_args(tiny_corpus, "--trainer.max_epochs", "1", *SMALL_EVAL, overwrite=False)
+    assert run_cli(args, cwd=tmp_path).returncode == 0
+    run_dir, marker = tmp_path / "runs" / "model", tmp_path / "payload-ran"
+    add_payload(run_dir / "checkpoints" / "best.ckpt", marker)
+    exported = {p.relative_to(run_dir): p.read_bytes() for p in (run_dir / "model").rglob("*") if p.is_file()}
+    # Resumed at its last step, the run trains no further and exports best.ckpt, which it did not write.
+    result = run_cli([*args, "--resume"], cwd=tmp_path)
+    assert result.returncode == 2, result.stderr[-3000:]
+    assert "Traceback" not in result.stderr
+    lines = result.stderr.splitlines()
+    assert len(lines) == 1 and lines[0].startswith("textvae: error: checkpoint: "), result.stderr[-3000:]
+    assert "best.ckpt" in lines[0] and "pickled" in lines[0]
+    assert not marker.exists()
+    assert {p.relative_to(run_dir): p.read_bytes() for p in (run_dir / "model").rglob("*") if p.is_file()} == exported
+
+
+def test_logger_whose_package_is_missing_is_one_line_before_anything_changes(tmp_path, tiny_corpus):
+    missing = next((name for name in ("wandb", "mlflow") if importlib.util.find_spec(name) is None), None)
+    if missing is None:
+        pytest.skip("wandb and mlflow are both installed")
+    result = run_cli(train_args(tiny_corpus, "--trainer.logger", f"[csv,{missing}]", overwrite=False), cwd=tmp_path)
+    assert result.returncode == 2, result.stderr[-3000:]
+    assert result.stderr.splitlines() == [f"textvae: error: config: trainer.logger {missing} needs the {missing} "
+                                          f"package: pip install {missing}"]
+    assert list(tmp_path.iterdir()) == []  # not even the run directory was made
 
 
 def test_nan_loss_stops_and_keeps_the_exported_model(tmp_path, gru_run, tiny_corpus):

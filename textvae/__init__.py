@@ -6,7 +6,12 @@ The public API: `TextVAE` (load, sample, encode, decode, interpolate, score, sav
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
+
 from textvae.errors import UserError
+
+if TYPE_CHECKING:
+    from textvae.config import Config
 
 __version__ = "0.1.0"
 
@@ -18,11 +23,11 @@ def train(config: Config, resume: bool = False, overwrite: bool = False):
     return _train(config, resume=resume, overwrite=overwrite)
 
 
-def evaluate_model(model: str = "runs/latest", split: str = "test", iw_samples: int | None = 500):
-    """SPEC §7 metrics of a saved model on a split (see textvae.train.evaluate_model)."""
-    from textvae.train import evaluate_model as _evaluate
+def evaluate_model(model: str = "runs/latest", split: str = "test", iw_samples: int | None = 500, **options):
+    """SPEC §7 metrics of a saved model on a split (see textvae.evaluate.evaluate_model)."""
+    from textvae.evaluate import evaluate_model as _evaluate
 
-    return _evaluate(model, split, iw_samples)
+    return _evaluate(model, split, iw_samples, **options)
 
 
 def __getattr__(name: str):

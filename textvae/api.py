@@ -32,9 +32,8 @@ import torch
 from textvae.config import Config, from_dict
 from textvae.errors import UserError
 from textvae.generate import STRATEGIES, decode_codes
-from textvae.metrics import autocast, iw_nll, target_tokens
 from textvae.model import VAE
-from textvae.tokenizer import (UNK, UNK_ID, decode_ids, encode_batch, frame, load_tokenizer, pad_batch,
+from textvae.tokenizer import (UNK, UNK_ID, decode_ids, encode_batch, frame, length_batches, load_tokenizer,
                                save_tokenizer)
 
 log = logging.getLogger("textvae")
@@ -165,8 +164,13 @@ class TextVAE:
         atomic_write_dir(directory, write)
         return directory
 
-    def _autocast(self):
-        return autocast(self.device, check_precision(self.precision))
+    def autocast(self):
+        """bfloat16 autocast on the model's device when `precision` is "bf16", else a no-op."""
+        return autocast(self.device, self.precision)
+
+    def clamp_length(self, max_length: int) -> int:
+        """`max_length`, or `max_new_tokens` if the decoder cannot produce that many."""
+        return max_length if self.max_new_tokens is None else min(max_length, self.max_new_tokens)
 
     # ------------------------------------------------------------------------------ tokenising
     def tokenize(self, sentences: list[str]) -> list[list[int]]:
@@ -217,13 +221,6 @@ class TextVAE:
                             f"model.decoder.max_positions={limit}), got {max_length}")
         return max_length
 
-    def _batches(self, ids: list[list[int]], batch_size: int) -> Iterator[tuple[list[int], torch.Tensor]]:
-        """(positions in the input, padded tokens) for length-sorted batches."""
-        order = sorted(range(len(ids)), key=lambda i: len(ids[i]))
-        for start in range(0, len(order), batch_size):
-            positions = order[start: start + batch_size]
-            yield positions, pad_batch([ids[i] for i in positions]).to(self.device)
-
     # ----------------------------------------------------------------------------- operations
     @torch.no_grad()
     def encode(self, sentences: list[str], sample: bool = False, seed: int | None = None,
@@ -232,8 +229,9 @@ class TextVAE:
         ids = self.tokenize(sentences)
         generator = torch.Generator(device=self.device).manual_seed(seed) if seed is not None else None
         codes = torch.empty(len(ids), self.latent_dim)
-        for positions, tokens in self._batches(ids, batch_size):
-            with self._autocast():
+        for positions, tokens in length_batches(ids, batch_size):
+            with self.autocast():
+                tokens = tokens.to(self.device)
                 mean, logvar = (t.float() for t in self.model.encode(tokens))
             z = self.model.reparameterize(mean, logvar, generator) if sample else mean
             codes[positions] = z.cpu()
@@ -244,7 +242,7 @@ class TextVAE:
                top_p: float | None = None, beam_size: int = 4, max_length: int | None = None,
                seed: int | None = None, batch_size: int = 500, use_cache: bool = True) -> list[str]:
         """Sentences for codes `z` (n, latent_dim), each at most `max_length` tokens (see
-        `check_max_length`; a transformer decoder cannot go past its positions)."""
+        `check_max_length`; a transformer decoder cannot go past its positions) and on one line."""
         check_decoding(strategy, temperature, top_k, top_p, beam_size, max_length)
         max_length = self.check_max_length(max_length)
         z = torch.as_tensor(z, dtype=torch.float32)
@@ -253,10 +251,12 @@ class TextVAE:
         generator = torch.Generator(device=self.device).manual_seed(seed) if seed is not None else None
         out = []
         for start in range(0, z.size(0), batch_size):
-            with self._autocast():
+            with self.autocast():
                 ids = decode_codes(self.model, z[start: start + batch_size].to(self.device), strategy, max_length,
                                    temperature, top_k, top_p, beam_size, generator, use_cache)
-            out.extend(decode_ids(self.tokenizer, ids))
+            # One sentence, one line: a byte-level BPE model can produce line-break bytes, which
+            # would split an output in two; they become spaces.
+            out.extend(" ".join(text.splitlines()) for text in decode_ids(self.tokenizer, ids))
         return out
 
     def iter_samples(self, n: int, seed: int | None = None, batch_size: int = 500, **decoding) -> Iterator[str]:
@@ -295,22 +295,19 @@ class TextVAE:
         path[0], path[-1] = start, end
         return self.decode(path, **decoding)
 
-    @torch.no_grad()
-    def score(self, sentences: list[str], iw_samples: int = 100, seed: int = 0,
-              batch_size: int = 64) -> tuple[torch.Tensor, torch.Tensor]:
-        """Per-sentence NLL in nats (IW estimate with `iw_samples`; 1 = single-sample ELBO) and
-        the number of predicted tokens (words + <eos>) of each sentence."""
-        if iw_samples < 1:
-            raise UserError(f"--iw-samples must be at least 1, got {iw_samples}")
-        ids = self.tokenize(sentences)
-        generator = torch.Generator(device=self.device).manual_seed(seed)
-        nll = torch.empty(len(ids))
-        tokens = torch.empty(len(ids), dtype=torch.long)
-        for positions, batch in self._batches(ids, batch_size):
-            with self._autocast():
-                nll[positions] = iw_nll(self.model, batch, iw_samples, generator=generator).nll.cpu()
-            tokens[positions] = target_tokens(batch).cpu()
-        return nll, tokens
+    def score(self, sentences: list[str], iw_samples: int | None = None, seed: int = 0) -> tuple[torch.Tensor, torch.Tensor]:
+        """Per-sentence NLL in nats (IW estimate with `iw_samples` codes; 1 = single-sample ELBO) and
+        the number of predicted tokens (words + <eos>) of each sentence. `iw_samples` defaults to
+        the K the model's stored anomaly quantiles were computed with (so scores and
+        `anomaly_threshold` are on the same scale), or 100 for a model that stores none."""
+        from textvae.evaluate import score_ids
+
+        scores = score_ids(self, self.tokenize(sentences), iw_samples or self.default_iw_samples, seed)
+        return scores.nll, scores.tokens.long()
+
+    @property
+    def default_iw_samples(self) -> int:
+        return int(self.extra.get("score_quantiles", {}).get("iw_samples", 100))
 
     def anomaly_threshold(self, percentile: float) -> float:
         """NLL per token at `percentile` of the validation split (stored at export)."""
@@ -330,6 +327,11 @@ def check_precision(precision: str) -> str:
     if precision not in ("32", "bf16"):
         raise UserError(f"--precision must be 32 or bf16, got {precision!r}")
     return precision
+
+
+def autocast(device: torch.device, precision: str):
+    """bfloat16 autocast on `device` for `precision="bf16"`, a no-op context for "32"."""
+    return torch.autocast(device.type, dtype=torch.bfloat16, enabled=check_precision(precision) == "bf16")
 
 
 def check_decoding(strategy: str, temperature: float, top_k: int | None, top_p: float | None, beam_size: int,

@@ -69,13 +69,6 @@ def iw_batch_size(samples: int, rows: int = 1024) -> int:
     return max(8, rows // max(1, samples))
 
 
-def autocast(device: torch.device, precision: str):
-    """bfloat16 autocast for `precision="bf16"`, a no-op context for "32"."""
-    if precision not in ("32", "bf16"):
-        raise ValueError(f"precision must be '32' or 'bf16', got {precision!r}")
-    return torch.autocast(device.type, dtype=torch.bfloat16, enabled=precision == "bf16")
-
-
 def ppl(nll_sum: float, tokens: int) -> float:
     """Perplexity from summed NLL (nats) over `tokens` predicted tokens (words + <eos>)."""
     return math.exp(nll_sum / tokens)
@@ -87,21 +80,33 @@ def target_tokens(tokens: torch.Tensor) -> torch.Tensor:
 
 
 @torch.no_grad()
-def mutual_information(mean: torch.Tensor, logvar: torch.Tensor, chunk: int = 512,
+def mutual_information(mean: torch.Tensor, logvar: torch.Tensor, chunk: int = 1024,
                        generator: torch.Generator | None = None) -> float:
     """I(x; z) under q (Hoffman & Johnson 2016), with the aggregate posterior over all N rows.
 
     MI = E_x E_q(z|x)[log q(z|x)] - E_q(z)[log q(z)], q(z) = 1/N sum_n q(z|x_n); one z per x.
-    The first term is the analytic negative entropy of each posterior.
+    The first term is the analytic negative entropy of each posterior. log q(z_i|x_n) for all
+    pairs comes from expanding the square, sum_d (z_id - m_nd)^2 / v_nd = z^2 @ (1/v)^T
+    - 2 z @ (m/v)^T + sum_d m^2/v, so memory is O(chunk * N), never O(chunk * N * D), and
+    everything stays on the device of `mean`.
+
+    Pitfall: this is the whole-split estimate. He et al. (2019) average per-batch estimates,
+    whose aggregate posterior has only a batch of components; theirs is capped at
+    log(batch size) and is not comparable with this one. Either is capped at log N.
     """
     mean, logvar = mean.double(), logvar.double()
     count, dim = mean.shape
     negative_entropy = (-0.5 * dim * (LOG_2PI + 1) - 0.5 * logvar.sum(-1)).mean()
-    z = mean + torch.randn(mean.shape, generator=generator, dtype=mean.dtype) * torch.exp(0.5 * logvar)
+    noise = torch.randn(mean.shape, generator=generator, dtype=mean.dtype, device=mean.device)
+    z = mean + noise * torch.exp(0.5 * logvar)  # (N, D)
+    precision = torch.exp(-logvar)  # (N, D)
+    # Per-component constant: -0.5 * (D log 2pi + sum log v + sum m^2 / v)
+    constant = -0.5 * (dim * LOG_2PI + logvar.sum(-1) + (mean.pow(2) * precision).sum(-1))  # (N,)
     log_aggregate = []
     for start in range(0, count, chunk):
-        z_part = z[start: start + chunk].unsqueeze(1)  # (c, 1, D)
-        density = gaussian_log_density(z_part, mean.unsqueeze(0), logvar.unsqueeze(0))  # (c, N)
+        part = z[start: start + chunk]  # (c, D)
+        quadratic = part.pow(2) @ precision.T - 2 * part @ (mean * precision).T  # (c, N)
+        density = constant.unsqueeze(0) - 0.5 * quadratic  # (c, N): log q(z_i | x_n)
         log_aggregate.append(torch.logsumexp(density, dim=1) - math.log(count))
     return float(negative_entropy - torch.cat(log_aggregate).mean())
 
@@ -126,6 +131,35 @@ def distinct_n(sentences: Iterable[str], n: int) -> float:
         grams.update(tuple(words[i: i + n]) for i in range(len(words) - n + 1))
     total = sum(grams.values())
     return len(grams) / total if total else 0.0
+
+
+def edit_distance(a: list[str], b: list[str]) -> int:
+    """Levenshtein distance between two word sequences (insertions, deletions, substitutions)."""
+    previous = list(range(len(b) + 1))
+    for i, word in enumerate(a, 1):
+        current = [i]
+        for j, other in enumerate(b, 1):
+            current.append(min(previous[j] + 1, current[j - 1] + 1, previous[j - 1] + (word != other)))
+        previous = current
+    return previous[-1]
+
+
+def interpolation_smoothness(paths: list[list[str]]) -> tuple[float, float]:
+    """(interp_distinct, interp_step) of decoded interpolation paths (endpoints included).
+
+    interp_distinct: mean number of distinct sentences per path; a latent the decoder ignores
+    gives about 1, a useful one as many as there are points.
+    interp_step: mean word-level edit distance between neighbouring points, divided by the
+    longer of the two sentences (0 = unchanged, 1 = nothing in common); a smooth path has many
+    small steps, where a path that jumps once has one step of about 1 and zeros elsewhere.
+    """
+    distinct, steps = [], []
+    for path in paths:
+        distinct.append(len(set(path)))
+        for a, b in zip(path, path[1:]):
+            a, b = a.split(), b.split()
+            steps.append(edit_distance(a, b) / max(len(a), len(b), 1))
+    return sum(distinct) / len(distinct), sum(steps) / len(steps)
 
 
 def novelty(samples: Iterable[str], training: set[str]) -> float:

@@ -73,6 +73,15 @@ def pad_batch(sequences: list[list[int]]) -> torch.Tensor:
     return tokens
 
 
+def length_batches(ids: list[list[int]], batch_size: int) -> Iterator[tuple[list[int], torch.Tensor]]:
+    """(positions in `ids`, padded tokens) for batches of `batch_size` sentences sorted by length,
+    so padding stays small; callers put results back in input order through the positions."""
+    order = sorted(range(len(ids)), key=lambda i: len(ids[i]))
+    for start in range(0, len(order), batch_size):
+        positions = order[start: start + batch_size]
+        yield positions, pad_batch([ids[i] for i in positions])
+
+
 def decode_ids(tokenizer: Tokenizer, sequences: Iterable[list[int]]) -> Iterator[str]:
     """Generated ids (stopping at <eos>, skipping specials other than <unk>) back to text."""
     for ids in sequences:

@@ -1,0 +1,177 @@
+"""Evaluation of a trained `TextVAE`: SPEC §7 metrics plus the latent-use metrics, no Lightning.
+
+- `score_ids` is the one importance-weighted scoring loop: length-sorted batches, the posterior
+  computed once per sentence, K codes per sentence (metrics.iw_nll). `TextVAE.score`,
+  `evaluate` and scripts/bench_eval.py all go through it.
+- `evaluate` turns the per-sentence scores into the metric table and adds what shows whether
+  the latent is used: greedy reconstructions of posterior means (`rec_bleu`, `rec_exact`),
+  10-point slerp paths between fixed random pairs of the split (`interp_distinct`,
+  `interp_step`), and prior samples (`distinct_1/2`, `novel` from *sampled* decodes, as
+  the literature reports them; `distinct_*_greedy` from greedy decodes of the same codes
+  shows how much the output depends on z at all).
+- Everything runs on the model's device and at its precision; random draws come from seeded
+  generators, so the same model, split and seed give the same numbers.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import sys
+from typing import TYPE_CHECKING, NamedTuple
+
+import torch
+
+from textvae.errors import UserError
+from textvae.losses import gaussian_kl
+from textvae.metrics import (active_units, corpus_bleu, distinct_n, interpolation_smoothness, iw_batch_size, iw_nll,
+                             mutual_information, novelty, ppl, target_tokens)
+from textvae.tokenizer import decode_ids, length_batches
+
+if TYPE_CHECKING:
+    from textvae.api import TextVAE
+
+INTERP_POINTS = 10  # points on each interpolation path, endpoints included
+# How the prior samples behind distinct-n and novelty are decoded (written beside the metrics).
+PRIOR_STRATEGY = "sample (temperature 1, no top-k/top-p)"
+
+
+class Scores(NamedTuple):
+    """Per-sentence results of `score_ids`, in input order (all on the CPU)."""
+
+    nll: torch.Tensor  # (N,) importance-weighted -log p(x)
+    rec: torch.Tensor  # (N,) -log p(x|z) of the first code z ~ q(z|x)
+    kl: torch.Tensor  # (N,) KL(q(z|x) || p(z)), analytic
+    tokens: torch.Tensor  # (N,) predicted tokens (words + <eos>)
+    mean: torch.Tensor  # (N, D) posterior means
+    logvar: torch.Tensor  # (N, D) posterior log-variances
+
+
+@torch.no_grad()
+def score_ids(vae: "TextVAE", ids: list[list[int]], iw_samples: int, seed: int = 0,
+              progress: bool | None = None) -> Scores:
+    """Importance-weighted NLL with `iw_samples` codes, rec, KL and the posterior of each framed
+    sentence in `ids`. Sentences are batched by length so that one decoder call holds about a
+    thousand (sentence, code) pairs."""
+    from tqdm.auto import tqdm
+
+    if iw_samples < 1:
+        raise UserError(f"--iw-samples must be at least 1, got {iw_samples}")
+    generator = torch.Generator(device=vae.device).manual_seed(seed)
+    count = len(ids)
+    nll, rec, kl, tokens = (torch.zeros(count) for _ in range(4))
+    means, logvars = torch.zeros(count, vae.latent_dim), torch.zeros(count, vae.latent_dim)
+    batches = list(length_batches(ids, iw_batch_size(iw_samples)))
+    show = sys.stderr.isatty() and count > 1000 if progress is None else progress
+    for positions, batch in tqdm(batches, desc=f"scoring (K={iw_samples})", disable=not show, leave=False):
+        batch = batch.to(vae.device)
+        with vae.autocast():
+            mean, logvar = (t.float() for t in vae.model.encode(batch))
+            estimate = iw_nll(vae.model, batch, iw_samples, generator=generator, posterior=(mean, logvar))
+        nll[positions], rec[positions] = estimate.nll.cpu(), estimate.rec.cpu()
+        kl[positions] = gaussian_kl(mean, logvar).sum(-1).cpu()
+        tokens[positions] = target_tokens(batch).float().cpu()
+        means[positions], logvars[positions] = mean.cpu(), logvar.cpu()
+    return Scores(nll, rec, kl, tokens, means, logvars)
+
+
+def _pairs(count: int, pairs: int, seed: int) -> list[tuple[int, int]]:
+    """`pairs` fixed random pairs of distinct sentence positions (the same for every model)."""
+    generator = torch.Generator().manual_seed(seed)
+    out = []
+    for _ in range(pairs):
+        a, b = torch.randperm(count, generator=generator)[:2].tolist()
+        out.append((a, b))
+    return out
+
+
+@torch.no_grad()
+def evaluate(vae: "TextVAE", ids: list[list[int]], training_text: set[str] | None = None,
+             iw_samples: int | None = None, seed: int = 0, progress: bool | None = None):
+    """The metrics of `vae` on framed sentences `ids`, and the per-sentence `Scores`.
+
+    Counts come from `vae.config.eval` (`bleu_sentences`, `interp_pairs`, `prior_samples`);
+    `training_text` (whitespace-normalised training sentences) enables the prior-sample metrics.
+    """
+    settings = vae.config.eval
+    iw_samples = iw_samples or settings.iw_samples
+    ids, cut = vae.clip_to_model(ids)
+    scores = score_ids(vae, ids, iw_samples, seed, progress)
+    total_tokens = int(scores.tokens.sum().item())
+    metrics = {
+        "rec": scores.rec.mean().item(), "kl": scores.kl.mean().item(),
+        "elbo": (scores.rec + scores.kl).mean().item(), "nll": scores.nll.mean().item(),
+        "ppl": ppl(scores.nll.sum().item(), total_tokens),
+        "mi": mutual_information(scores.mean.to(vae.device), scores.logvar.to(vae.device),
+                                 generator=torch.Generator(device=vae.device).manual_seed(seed)),
+        "au": active_units(scores.mean), "sentences": len(ids), "tokens": total_tokens,
+        "cut_to_model": cut,  # sentences longer than the model reads, scored on their first max_words
+    }
+    metrics.update(latent_use(vae, ids, scores.mean, seed))
+    if training_text is not None and settings.prior_samples:
+        metrics.update(prior_diversity(vae, training_text, settings.prior_samples, seed))
+    return metrics, scores
+
+
+def _longest(ids: list[list[int]]) -> int:
+    return max(len(x) for x in ids) - 1  # words + <eos>
+
+
+def latent_use(vae: "TextVAE", ids: list[list[int]], means: torch.Tensor, seed: int = 0) -> dict:
+    """rec_bleu / rec_exact from greedy decodes of posterior means, and interpolation metrics."""
+    settings = vae.config.eval
+    limit = settings.bleu_sentences or len(ids)
+    references = list(decode_ids(vae.tokenizer, (x[1:] for x in ids[:limit])))
+    # Hypotheses may run as long as the longest reference and a little more, so that BLEU's
+    # brevity penalty and length mismatches count exactly as they would for full sentences.
+    max_length = vae.clamp_length(_longest(ids[:limit]) + 10)
+    hypotheses = vae.decode(means[:limit], strategy="greedy", max_length=max_length)
+    exact = sum(h.split() == r.split() for h, r in zip(hypotheses, references)) / len(references)
+    metrics = {"rec_bleu": corpus_bleu(hypotheses, references), "rec_exact": exact}
+    if settings.interp_pairs and len(ids) >= 2:
+        pairs = _pairs(len(ids), settings.interp_pairs, seed)
+        from textvae.api import slerp
+
+        t = torch.linspace(0, 1, INTERP_POINTS)
+        paths = torch.cat([slerp(means[a], means[b], t) for a, b in pairs])  # (P * points, D)
+        longest = _longest([ids[i] for pair in pairs for i in pair])
+        decoded = vae.decode(paths, strategy="greedy", max_length=vae.clamp_length(longest + 10))
+        paths = [decoded[i: i + INTERP_POINTS] for i in range(0, len(decoded), INTERP_POINTS)]
+        distinct, step = interpolation_smoothness(paths)
+        metrics.update({"interp_distinct": distinct, "interp_step": step})
+    return metrics
+
+
+def prior_diversity(vae: "TextVAE", training_text: set[str], count: int, seed: int = 0) -> dict:
+    """distinct-1/2 and novelty of `count` sampled decodes of prior codes, plus distinct-1/2 of
+    greedy decodes of the same codes."""
+    generator = torch.Generator().manual_seed(seed)
+    z = torch.randn(count, vae.latent_dim, generator=generator)
+    sampled = vae.decode(z, strategy="sample", seed=seed)
+    greedy = vae.decode(z, strategy="greedy")
+    return {"distinct_1": distinct_n(sampled, 1), "distinct_2": distinct_n(sampled, 2),
+            "novel": novelty(sampled, training_text),
+            "distinct_1_greedy": distinct_n(greedy, 1), "distinct_2_greedy": distinct_n(greedy, 2)}
+
+
+def training_sentences(vae: "TextVAE", ids: list[list[int]]) -> set[str]:
+    """Whitespace-normalised training sentences, for novelty."""
+    return {" ".join(s.split()) for s in decode_ids(vae.tokenizer, (x[1:] for x in ids))}
+
+
+def evaluate_model(model: str = "runs/latest", split: str = "test", iw_samples: int | None = None, seed: int = 0,
+                   precision: str = "32", device: str = "cpu") -> dict:
+    """`textvae evaluate`: the metrics of a saved model on a split of the data it was trained on."""
+    from textvae.api import TextVAE
+    from textvae.data import load_corpus
+
+    if split not in ("train", "valid", "test"):
+        raise UserError(f"--split must be train, valid or test, got {split!r}")
+    vae = TextVAE.from_pretrained(model, device=device, precision=precision)
+    data = vae.config.data
+    # Evaluation uses full sentences: the training split is re-framed without its truncation.
+    full = dataclasses.replace(data, max_length=10**9)
+    corpus, _ = load_corpus(full, vae.tokenizer, splits=tuple(sorted({split, "train"})))
+    metrics, _ = evaluate(vae, corpus[split].ids, training_sentences(vae, corpus["train"].ids), iw_samples, seed)
+    metrics.update({"split": split, "iw_samples": iw_samples or vae.config.eval.iw_samples, "precision": precision,
+                    "prior_strategy": PRIOR_STRATEGY})
+    return metrics
