@@ -9,7 +9,7 @@ import torch
 from torch.distributions import Normal, kl_divergence
 
 from textvae.config import KLConfig
-from textvae.losses import free_bits_kl, gaussian_kl, kl_weight
+from textvae.losses import controlled_log_beta, effective_free_bits, free_bits_kl, gaussian_kl, kl_weight
 
 
 def test_gaussian_kl_matches_torch_distributions():
@@ -136,3 +136,31 @@ def test_cyclical_schedule_with_uneven_period():
         assert kl_weight(first, config) < 0.1
         assert kl_weight(first - 1, config) == pytest.approx(1.0)
     assert kl_weight(100, config) == 1.0
+
+
+def test_cyclical_schedule_spans_the_run_unless_told_otherwise():
+    config = KLConfig(schedule="cyclical", max_beta=1.0, cycles=2, ratio=0.5)  # total_steps: None
+    assert kl_weight(50, config, total_steps=1000) == pytest.approx(0.2)  # 50 / (R * 500)
+    assert kl_weight(500, config, total_steps=1000) == 0.0  # the second cycle starts half-way
+    assert kl_weight(1000, config, total_steps=1000) == 1.0
+    assert kl_weight(25, KLConfig(schedule="cyclical", cycles=2, ratio=0.5, total_steps=200),
+                     total_steps=1000) == pytest.approx(0.5)  # a set kl.total_steps wins: 25 / (R * 100)
+    with pytest.raises(ValueError):
+        kl_weight(10, config)
+
+
+def test_rate_control_by_free_bits_spreads_the_target_over_dimensions():
+    assert effective_free_bits(KLConfig(target_rate=16.0, rate_control="free_bits"), latent_dim=32) == 0.5
+    assert effective_free_bits(KLConfig(target_rate=16.0, rate_control="beta", free_bits=0.1), 32) == 0.1
+    assert effective_free_bits(KLConfig(free_bits=0.25), 32) == 0.25
+
+
+def test_beta_controller_moves_against_the_kl_error_and_stays_in_bounds():
+    config = KLConfig(target_rate=10.0, controller_gain=0.1, min_beta=1e-3, max_beta=1.0)
+    start = math.log(0.1)
+    assert controlled_log_beta(start, 15.0, config) == pytest.approx(start + 0.1 * 0.5)  # too much KL: beta up
+    assert controlled_log_beta(start, 5.0, config) == pytest.approx(start - 0.1 * 0.5)  # too little: down
+    assert controlled_log_beta(start, 10.0, config) == pytest.approx(start)
+    assert controlled_log_beta(start, 1e6, config) == pytest.approx(start + 0.1)  # one step moves at most gain
+    assert controlled_log_beta(math.log(0.99), 1e6, config) == pytest.approx(0.0)  # capped at max_beta
+    assert controlled_log_beta(math.log(1e-3), 0.0, config) == pytest.approx(math.log(1e-3))  # floored at min_beta

@@ -6,6 +6,13 @@
   dimensions under the floor get no gradient pushing them to the prior. The reported KL is
   always the unclamped one.
 - `kl_weight`: beta at a global step for the four schedules of SPEC §6.
+- Rate control (`kl.target_rate`, nats per sentence): with `rate_control: free_bits` the floor is
+  target_rate / latent_dim per dimension; with `rate_control: beta`, `controlled_log_beta` is a
+  feedback controller in the spirit of ControlVAE (Shao et al. 2020) and GECO (Rezende & Viola
+  2018): after every step log(beta) moves against the relative error of the batch KL, so beta
+  settles where the KL the encoder finds worth paying for equals the target. Unlike a free-bits
+  floor, the KL keeps its gradient, so the encoder is not paid to send information the decoder
+  does not use.
 """
 
 from __future__ import annotations
@@ -32,8 +39,26 @@ def free_bits_kl(kl_per_dim: torch.Tensor, free_bits: float) -> torch.Tensor:
     return clamped.sum(-1)
 
 
-def kl_weight(step: int, config: KLConfig) -> float:
-    """beta for optimizer step `step` (0-based)."""
+def effective_free_bits(config: KLConfig, latent_dim: int) -> float:
+    """The per-dimension floor the loss uses: `free_bits`, or target_rate / latent_dim."""
+    if config.target_rate is not None and config.rate_control == "free_bits":
+        return config.target_rate / latent_dim
+    return config.free_bits
+
+
+def controlled_log_beta(log_beta: float, kl: float, config: KLConfig) -> float:
+    """The controller's next log(beta) after a step whose mean KL per sentence was `kl`.
+
+    The relative error (kl - target) / target is clipped to [-1, 1], so one step moves log(beta)
+    by at most `controller_gain`; the result stays within [log min_beta, log max_beta].
+    """
+    error = max(-1.0, min(1.0, (kl - config.target_rate) / config.target_rate))
+    return max(math.log(config.min_beta), min(math.log(config.max_beta), log_beta + config.controller_gain * error))
+
+
+def kl_weight(step: int, config: KLConfig, total_steps: int | None = None) -> float:
+    """beta for optimizer step `step` (0-based) under the schedule; `total_steps` is the run's
+    length, which the cyclical schedule spans unless `kl.total_steps` is set."""
     top = config.max_beta
     if config.schedule == "constant":
         return top
@@ -43,9 +68,12 @@ def kl_weight(step: int, config: KLConfig) -> float:
         exponent = -config.k * (step - config.x0)
         return top / (1.0 + math.exp(min(exponent, 700.0)))
     if config.schedule == "cyclical":
-        if step >= config.total_steps:
+        span = config.total_steps or total_steps
+        if span is None:
+            raise ValueError("the cyclical schedule needs kl.total_steps or the run's total steps")
+        if step >= span:
             return top
-        period = config.total_steps / config.cycles
+        period = span / config.cycles
         phase = (step % period) / period
         return top * min(1.0, phase / config.ratio)
     raise ValueError(f"unknown KL schedule {config.schedule!r}")

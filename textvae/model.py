@@ -240,7 +240,16 @@ class VAE(nn.Module):
             self.output_bias = nn.Parameter(torch.zeros(vocab_size))
         else:
             self.output = nn.Linear(self.decoder.width, vocab_size)
+        self.posterior_bn = None
+        if config.posterior_bn > 0:
+            # BN-VAE: each dimension's posterior means are normalised over the batch to a fixed
+            # scale gamma (frozen) and a learnt shift, so E_x[mean_d^2] >= gamma^2 and the expected
+            # KL per dimension is at least gamma^2 / 2: the posterior cannot collapse.
+            self.posterior_bn = nn.BatchNorm1d(config.latent_dim)
+            self.posterior_bn.weight.requires_grad_(False)
         self.apply(self._init_weights)
+        if self.posterior_bn is not None:
+            nn.init.constant_(self.posterior_bn.weight, config.posterior_bn)
 
     @staticmethod
     def _init_weights(module: nn.Module) -> None:
@@ -258,7 +267,11 @@ class VAE(nn.Module):
         return F.linear(features, self.decoder.embed.weight, self.output_bias)
 
     def encode(self, tokens: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        return self.encoder(tokens)
+        """Mean and log-variance (B, D) of q(z|x)."""
+        mean, logvar = self.encoder(tokens)
+        if self.posterior_bn is not None:
+            mean = self.posterior_bn(mean.float())  # eval mode: the running statistics of training
+        return mean, logvar
 
     @staticmethod
     def reparameterize(mean, logvar, generator: torch.Generator | None = None):

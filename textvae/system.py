@@ -1,11 +1,16 @@
-"""The LightningModule: ELBO objective with KL annealing, word dropout, optimizers, logging.
+"""The Lightning layer: the LightningModule (ELBO objective, KL weight and rate control, word
+dropout, optimizers, logging) and the LightningDataModule over data.py's corpora and loaders.
 
 One `_shared_step(batch, stage)` serves train/valid/test and logs `stage/rec`, `stage/kl`,
 `stage/elbo` (nats per sentence, batch-size weighted, so epoch values are per-sentence means
-over the split) plus `train/beta` and `train/loss`. The loss is rec + beta * KL per sentence,
-averaged over the batch, with the KL floored per dimension by `kl.free_bits`. beta is a pure
-function of `global_step`, so a resumed run continues the schedule where it stopped.
-A non-finite loss stops training with an error naming the step.
+over the split) plus `train/beta` and `train/loss`; `loss_terms` computes them without logging.
+The loss is rec + beta * KL per sentence, averaged over the batch, with the KL floored per
+dimension by the free bits (`kl.free_bits`, or `kl.target_rate` / latent_dim); the logged KL is
+never floored. Validation and test use no word dropout and beta = 1, so `valid/elbo` is the
+true negative ELBO. beta is a pure function of `global_step` under a schedule, or the state of
+the rate controller (`kl.target_rate` with `rate_control: beta`), a buffer saved in every
+checkpoint; either way a resumed run continues where it stopped. A non-finite loss stops
+training with an error naming the step.
 """
 
 from __future__ import annotations
@@ -16,8 +21,9 @@ import lightning as L
 import torch
 
 from textvae.config import Config, from_dict
+from textvae.data import Split, load_corpus, make_loader, split_files
 from textvae.errors import UserError
-from textvae.losses import free_bits_kl, gaussian_kl, kl_weight
+from textvae.losses import controlled_log_beta, effective_free_bits, free_bits_kl, gaussian_kl, kl_weight
 from textvae.model import VAE
 
 
@@ -31,29 +37,59 @@ class VAESystem(L.LightningModule):
         self.save_hyperparameters()
         self.config: Config = from_dict(Config, config)
         self.model = VAE(self.config.model, vocab_size)
+        kl = self.config.kl
+        self.controlled = kl.target_rate is not None and kl.rate_control == "beta"
+        self.free_bits = effective_free_bits(kl, self.config.model.latent_dim)
+        # The rate controller's state; present (and checkpointed) in every run so checkpoints
+        # always have the same keys.
+        self.register_buffer("log_beta", torch.tensor(math.log(kl.min_beta), dtype=torch.float64))
+        self.run_steps: int | None = None  # optimizer steps in the whole run, once fitting starts
 
-    def _shared_step(self, batch: dict, stage: str) -> torch.Tensor:
-        tokens = batch["tokens"]  # (B, T)
+    def on_fit_start(self) -> None:
+        total = self.trainer.estimated_stepping_batches
+        self.run_steps = int(total) if math.isfinite(total) else None
+
+    def beta(self) -> float:
+        """The KL weight for the current training step."""
+        if self.controlled:
+            return math.exp(float(self.log_beta))
+        return kl_weight(self.global_step, self.config.kl, self.run_steps)
+
+    def loss_terms(self, tokens: torch.Tensor, stage: str) -> dict[str, torch.Tensor]:
+        """Per-sentence rec and KL (B,), the loss and the beta it used, for a batch of `stage`."""
         training = stage == "train"
         out = self.model(tokens, word_dropout=self.config.model.word_dropout if training else 0.0)
         kl_per_dim = gaussian_kl(out["mean"].float(), out["logvar"].float())  # (B, D)
-        kl = kl_per_dim.sum(-1)  # (B,)
-        rec = out["rec"]
-        beta = kl_weight(self.global_step, self.config.kl) if training else 1.0
-        loss = (rec + beta * free_bits_kl(kl_per_dim, self.config.kl.free_bits)).mean()
+        beta = self.beta() if training else 1.0
+        kl_term = free_bits_kl(kl_per_dim, self.free_bits) if training else kl_per_dim.sum(-1)
+        loss = (out["rec"] + beta * kl_term).mean()
+        return {"rec": out["rec"], "kl": kl_per_dim.sum(-1), "loss": loss, "beta": torch.tensor(beta)}
+
+    def _shared_step(self, batch: dict, stage: str) -> torch.Tensor:
+        tokens = batch["tokens"]  # (B, T)
+        terms = self.loss_terms(tokens, stage)
+        rec, kl, loss = terms["rec"], terms["kl"], terms["loss"]
         batch_size = tokens.size(0)
         logged = {f"{stage}/rec": rec.mean(), f"{stage}/kl": kl.mean(), f"{stage}/elbo": (rec + kl).mean()}
-        if training:
+        if stage == "train":
             if not torch.isfinite(loss):
                 raise TrainingDiverged(f"training: loss is {loss.item()} at step {self.global_step}; stopped "
                                        f"(try a lower optim.lr or trainer.gradient_clip_val)")
-            logged.update({"train/loss": loss, "train/beta": torch.tensor(beta)})
+            if self.controlled:
+                self.update_controller(kl.mean().detach())
+            logged.update({"train/loss": loss, "train/beta": terms["beta"]})
             self.log_dict(logged, on_step=True, on_epoch=False, batch_size=batch_size, prog_bar=False)
             self.log("elbo", logged["train/elbo"], on_step=True, prog_bar=True, logger=False, batch_size=batch_size)
         else:
             self.log_dict(logged, on_step=False, on_epoch=True, batch_size=batch_size, sync_dist=True,
                           prog_bar=stage == "valid")
         return loss
+
+    def update_controller(self, batch_kl: torch.Tensor) -> None:
+        """Move log(beta) against the KL error; under DDP every rank sees the mean over ranks."""
+        if self._trainer is not None and self.trainer.world_size > 1:
+            batch_kl = self.trainer.strategy.reduce(batch_kl, reduce_op="mean")
+        self.log_beta.fill_(controlled_log_beta(float(self.log_beta), float(batch_kl), self.config.kl))
 
     def training_step(self, batch, batch_idx):
         return self._shared_step(batch, "train")
@@ -69,7 +105,10 @@ class VAESystem(L.LightningModule):
         optimizer_class = torch.optim.AdamW if optim.optimizer == "adamw" else torch.optim.Adam
         optimizer = optimizer_class(self.parameters(), lr=optim.lr, betas=tuple(optim.betas),
                                     weight_decay=optim.weight_decay)
-        total = max(1, int(self.trainer.estimated_stepping_batches)) if self.trainer is not None else 1
+        # A run with no end (max_epochs and max_steps -1) has no cosine horizon; config.py rejects
+        # that combination, and a constant schedule never reads `total`.
+        steps = self.trainer.estimated_stepping_batches if self._trainer is not None else 1
+        total = max(1, int(steps)) if math.isfinite(steps) else 1
 
         def factor(step: int) -> float:
             if step < optim.warmup_steps:
@@ -81,3 +120,36 @@ class VAESystem(L.LightningModule):
 
         scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, factor)
         return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler, "interval": "step"}}
+
+
+class TextDataModule(L.LightningDataModule):
+    """Train/valid/test loaders for a config; the tokenizer is trained on train unless given."""
+
+    def __init__(self, config: Config, tokenizer=None):
+        super().__init__()
+        self.config = config
+        self.tokenizer = tokenizer
+        self.corpus: dict[str, Split] = {}
+
+    def prepare_data(self):
+        split_files(self.config.data)  # downloads PTB once, on the main process only
+
+    def setup(self, stage: str | None = None):
+        if not self.corpus:
+            self.corpus, self.tokenizer = load_corpus(self.config.data, self.tokenizer)
+
+    def _loader(self, split: str, shuffle: bool, batch_size: int):
+        trainer = self.trainer
+        world, rank = (trainer.world_size, trainer.global_rank) if trainer is not None else (1, 0)
+        data = self.config.data
+        return make_loader(self.corpus[split].ids, batch_size, shuffle, self.config.seed, data.bucket_pool,
+                           world, rank, data.num_workers)
+
+    def train_dataloader(self):
+        return self._loader("train", True, self.config.data.batch_size)
+
+    def val_dataloader(self):
+        return self._loader("valid", False, self.config.data.eval_batch_size)
+
+    def test_dataloader(self):
+        return self._loader("test", False, self.config.data.eval_batch_size)
