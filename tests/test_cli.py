@@ -14,8 +14,9 @@ import numpy as np
 import pytest
 import torch
 
-from conftest import run_cli
+from conftest import run_cli, text_overrides, train_debug
 from textvae.api import TextVAE
+from textvae.tokenizer import decode_ids
 
 METRIC_KEYS = {"rec", "kl", "elbo", "nll", "ppl", "mi", "au", "rec_bleu", "distinct_1", "distinct_2", "novel"}
 SENTENCES = ["the cat saw the ball", "a small bird found a red car yesterday", "my sister called her friend again",
@@ -243,3 +244,39 @@ def test_evaluate_json(models, tiny_corpus):
     assert 0 <= metrics["rec_bleu"] <= 100  # BLEU-4 in percent
     for key in ("distinct_1", "distinct_2", "novel"):
         assert 0 <= metrics[key] <= 1, key
+
+
+@pytest.fixture(scope="module")
+def bpe_run(tmp_path_factory, tiny_corpus) -> Path:
+    """debug.yaml with a byte-level BPE tokenizer, trained through the CLI on the synthetic corpus."""
+    return train_debug(tmp_path_factory.mktemp("bpe_run"), text_overrides(tiny_corpus) + [
+        "--data.tokenizer", "bpe", "--data.vocab_size", "300"])
+
+
+# The byte-level alphabet's stand-ins for a space and a newline: decoding must turn them back.
+BYTE_LEVEL_ARTEFACTS = ("\u0120", "\u010a")  # Ġ, Ċ
+
+
+def test_bpe_model_end_to_end(bpe_run, tiny_corpus):
+    vae = TextVAE.from_pretrained(bpe_run)
+    assert vae.tokenizer.decoder is not None and vae.tokenizer.get_vocab_size() <= 300  # byte-level BPE
+    words = {word for line in tiny_corpus["train"].read_text().splitlines() for word in line.split()}
+    # subword units: some corpus word takes more than one token
+    assert any(len(vae.tokenizer.encode(f" {word}", add_special_tokens=False).ids) > 1 for word in words)
+
+    generated = ok(run_cli(["generate", "--n", "20", "--seed", "0", "--max-length", "30"], cwd=workdir(bpe_run)))
+    assert len(generated) == 20 and generated == vae.sample(n=20, seed=0, max_length=30)
+    for line in generated:
+        assert line == line.strip(), repr(line)
+        assert not any(artefact in line for artefact in BYTE_LEVEL_ARTEFACTS), repr(line)
+    lines = tiny_corpus["test"].read_text().splitlines()[:30]
+    # the same decoding turns real sentences' tokens back into their text, spaces and all
+    assert list(decode_ids(vae.tokenizer, (ids[1:] for ids in vae.tokenize(lines)))) == lines
+
+    path = workdir(bpe_run) / "score.txt"
+    path.write_text("\n".join(lines) + "\n")
+    records = [json.loads(line) for line in
+               ok(run_cli(["score", str(path), "--iw-samples", "4", "--format", "jsonl"], cwd=workdir(bpe_run)))]
+    assert [r["text"] for r in records] == lines
+    assert all(np.isfinite(r["nll"]) and r["nll"] > 0 for r in records)
+    assert [r["tokens"] for r in records] == [len(ids) - 1 for ids in vae.tokenize(lines)]  # BPE tokens + <eos>
