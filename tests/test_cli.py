@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import math
 import os
 import random
 import select
@@ -12,13 +13,13 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-import torch
 
 from conftest import run_cli, text_overrides, train_debug
 from textvae.api import TextVAE
 from textvae.tokenizer import decode_ids
 
-METRIC_KEYS = {"rec", "kl", "elbo", "nll", "ppl", "mi", "au", "rec_bleu", "distinct_1", "distinct_2", "novel"}
+METRIC_KEYS = {"rec", "kl", "elbo", "nll", "ppl", "mi", "au", "rec_bleu", "rec_exact", "interp_distinct", "interp_step",
+               "distinct_1", "distinct_2", "novel"}
 SENTENCES = ["the cat saw the ball", "a small bird found a red car yesterday", "my sister called her friend again",
              "the teacher watched the river at night", "the old man liked the market in the morning"]
 
@@ -207,6 +208,17 @@ def test_score_threshold(models, score_input):
     assert expected.count("ANOMALY") == len(lines) // 2
 
 
+def test_score_defaults_to_the_k_of_the_stored_thresholds(models, score_input):
+    run, vae = models["gru_run"]
+    path, lines, _ = score_input
+    stored = vae.extra["score_quantiles"]["iw_samples"]
+    assert stored == 5 and vae.default_iw_samples == stored  # debug.yaml's eval.iw_samples
+    output = ok(run_cli(["score", str(path), "--format", "jsonl"], cwd=workdir(run)))
+    nll, _ = vae.score(lines, iw_samples=stored, seed=0)
+    np.testing.assert_allclose([json.loads(line)["nll"] for line in output], nll.numpy(), atol=1e-4)
+    assert not np.allclose(nll.numpy(), vae.score(lines, iw_samples=100, seed=0)[0].numpy(), atol=1e-4)
+
+
 def test_score_percentile_jsonl(models, score_input):
     run, vae = models["gru_run"]
     path, lines, shuffled = score_input
@@ -229,7 +241,7 @@ def test_score_percentile_jsonl(models, score_input):
 
 
 def test_evaluate_json(models, tiny_corpus):
-    run, _ = models["gru_run"]
+    run, vae = models["gru_run"]
     output = ok(run_cli(["evaluate", "--json", "--iw-samples", "5", "--model", str(run)], cwd=workdir(run)))
     assert len(output) == 1
     metrics = json.loads(output[0])
@@ -238,12 +250,13 @@ def test_evaluate_json(models, tiny_corpus):
     test_lines = tiny_corpus["test"].read_text().splitlines()
     assert metrics["sentences"] == len(test_lines)
     assert metrics["tokens"] == sum(len(line.split()) + 1 for line in test_lines)
-    assert metrics["elbo"] == pytest.approx(metrics["rec"] + metrics["kl"], rel=1e-5)
-    assert metrics["ppl"] == pytest.approx(torch.tensor(metrics["nll"] * metrics["sentences"] / metrics["tokens"])
-                                           .exp().item(), rel=1e-4)
-    assert 0 <= metrics["rec_bleu"] <= 100  # BLEU-4 in percent
-    for key in ("distinct_1", "distinct_2", "novel"):
-        assert 0 <= metrics[key] <= 1, key
+    # The corpus path of `evaluate` and the API's own tokenisation score the same sentences alike.
+    nll, tokens = vae.score(test_lines, iw_samples=5, seed=0)
+    assert metrics["nll"] == pytest.approx(nll.mean().item(), rel=1e-5)
+    assert metrics["ppl"] == pytest.approx(math.exp(nll.sum().item() / tokens.sum().item()), rel=1e-4)
+    references = [" ".join(line.split()) for line in test_lines[:50]]  # debug.yaml: eval.bleu_sentences 50
+    exact = sum(r == h for r, h in zip(references, vae.reconstruct(test_lines[:50], max_length=60)))
+    assert metrics["rec_exact"] == pytest.approx(exact / 50)
 
 
 @pytest.fixture(scope="module")

@@ -118,12 +118,14 @@ class DecoderConfig:
 class ModelConfig:
     latent_dim: int = 32  # size of the Gaussian code z
     word_dropout: float = 0.25  # probability a decoder input token (not <bos>/pad) becomes <unk>
+    posterior_bn: float = 0.0  # BN-VAE (Zhu et al. 2020): posterior means batch-normalised to this scale (0: off)
     encoder: EncoderConfig = field(default_factory=EncoderConfig)  # the inference network q(z|x)
     decoder: DecoderConfig = field(default_factory=DecoderConfig)  # the generative network p(x|z)
 
     def __post_init__(self):
         _require(self.latent_dim >= 1, "model.latent_dim", "must be > 0", self.latent_dim)
         _require(0.0 <= self.word_dropout <= 1.0, "model.word_dropout", "must be in [0, 1]", self.word_dropout)
+        _require(self.posterior_bn >= 0, "model.posterior_bn", "must be >= 0", self.posterior_bn)
 
     @property
     def max_words(self) -> int:
@@ -158,6 +160,7 @@ class OptimConfig:
 
 
 KL_SCHEDULES = ("constant", "linear", "logistic", "cyclical")
+LOGGERS = ("csv", "tensorboard", "wandb", "mlflow")  # trainer.logger names (loggers.py makes them)
 
 
 @dataclass
@@ -168,9 +171,13 @@ class KLConfig:
     k: float = 0.0025  # logistic: steepness (Bowman et al. 2016)
     x0: int = 2500  # logistic: step at which beta = max_beta / 2
     cycles: int = 4  # cyclical: number of cycles over total_steps (Fu et al. 2019)
-    total_steps: int = 20000  # cyclical: steps the cycles span; beta stays max_beta afterwards
+    total_steps: Optional[int] = None  # cyclical: steps the cycles span (None: the whole run); then max_beta
     ratio: float = 0.5  # cyclical: share R of each cycle spent rising
     free_bits: float = 0.0  # per-dimension KL floor in nats (0 disables)
+    target_rate: Optional[float] = None  # KL in nats per sentence to hold the latent at (None: off)
+    rate_control: Literal["beta", "free_bits"] = "beta"  # beta: a controller sets beta; free_bits: a floor
+    controller_gain: float = 0.02  # beta controller: change of log(beta) per step at 100% KL error
+    min_beta: float = 0.0001  # beta controller: lowest beta (it starts there); max_beta is the highest
 
     def __post_init__(self):
         _require(self.schedule in KL_SCHEDULES, "kl.schedule", f"must be one of {', '.join(KL_SCHEDULES)}",
@@ -179,9 +186,17 @@ class KLConfig:
         _require(self.warmup_steps >= 0, "kl.warmup_steps", "must be >= 0", self.warmup_steps)
         _require(self.k > 0, "kl.k", "must be > 0", self.k)
         _require(self.cycles >= 1, "kl.cycles", "must be >= 1", self.cycles)
-        _require(self.total_steps >= 1, "kl.total_steps", "must be >= 1", self.total_steps)
+        _require(self.total_steps is None or self.total_steps >= 1, "kl.total_steps", "must be >= 1 or null",
+                 self.total_steps)
         _require(0 < self.ratio <= 1, "kl.ratio", "must be in (0, 1]", self.ratio)
         _require(self.free_bits >= 0, "kl.free_bits", "must be >= 0", self.free_bits)
+        _require(self.target_rate is None or self.target_rate > 0, "kl.target_rate", "must be > 0 or null",
+                 self.target_rate)
+        _require(self.rate_control in ("beta", "free_bits"), "kl.rate_control", "must be 'beta' or 'free_bits'",
+                 self.rate_control)
+        _require(self.controller_gain > 0, "kl.controller_gain", "must be > 0", self.controller_gain)
+        _require(0 < self.min_beta <= self.max_beta, "kl.min_beta", f"must be in (0, kl.max_beta={self.max_beta}]",
+                 self.min_beta)
 
 
 @dataclass
@@ -200,7 +215,11 @@ class TrainerConfig:
     limit_train_batches: Union[int, float] = 1.0  # train on a share (float) or number (int) of batches
     limit_val_batches: Union[int, float] = 1.0  # validate on a share or number of batches
     enable_progress_bar: Optional[bool] = None  # None: a bar on a terminal, quiet when piped
+    check_val_every_n_epoch: Optional[int] = 1  # validate every N epochs (null: by val_check_interval steps only)
+    deterministic: Union[bool, Literal["warn"]] = False  # true: deterministic torch kernels (slower); warn: warn only
+    logger: Union[str, list[str], None] = None  # csv (always on) + tensorboard/wandb/mlflow; null: + tensorboard if installed
     checkpoint_every_n_steps: int = 500  # also save last.ckpt every this many steps (crash recovery)
+    early_stopping_patience: Optional[int] = None  # validations with no lower valid/elbo before stopping (0/null: off)
 
     def __post_init__(self):
         _require(self.max_epochs >= -1, "trainer.max_epochs", "must be >= -1", self.max_epochs)
@@ -211,11 +230,21 @@ class TrainerConfig:
         _require(self.log_every_n_steps >= 1, "trainer.log_every_n_steps", "must be >= 1", self.log_every_n_steps)
         _require(self.checkpoint_every_n_steps >= 1, "trainer.checkpoint_every_n_steps", "must be >= 1",
                  self.checkpoint_every_n_steps)
+        _require(self.check_val_every_n_epoch is None or self.check_val_every_n_epoch >= 1,
+                 "trainer.check_val_every_n_epoch", "must be >= 1 or null", self.check_val_every_n_epoch)
+        _require(self.early_stopping_patience is None or self.early_stopping_patience >= 0,
+                 "trainer.early_stopping_patience", "must be >= 0 or null", self.early_stopping_patience)
+        if isinstance(self.logger, str):
+            self.logger = [self.logger]
+        _require(self.logger is None or all(name in LOGGERS for name in self.logger), "trainer.logger",
+                 f"must name {', '.join(LOGGERS)} (one or a list)", self.logger)
 
     def lightning_kwargs(self) -> dict:
-        """The arguments for `lightning.Trainer` (our own extras removed)."""
+        """The arguments for `lightning.Trainer` (our own extras removed: train.py builds the loggers
+        and the checkpoint and early-stopping callbacks)."""
         kwargs = dataclasses.asdict(self)
-        del kwargs["checkpoint_every_n_steps"]
+        for own in ("checkpoint_every_n_steps", "logger", "early_stopping_patience"):
+            del kwargs[own]
         kwargs["gradient_clip_val"] = self.gradient_clip_val or None
         return kwargs
 
@@ -224,13 +253,15 @@ class TrainerConfig:
 class EvalConfig:
     iw_samples: int = 50  # K for the IW-NLL written to metrics.json after training (500 for papers)
     prior_samples: int = 1000  # prior samples for distinct-n and novelty
-    bleu_sentences: int = 1000  # sentences whose greedy reconstructions give rec_bleu (0: whole split)
+    bleu_sentences: int = 1000  # sentences whose greedy reconstructions give rec_bleu and rec_exact (0: all)
+    interp_pairs: int = 100  # fixed random sentence pairs for interp_distinct/interp_step (0: skip)
     num_samples_txt: int = 20  # prior samples written to samples.txt
 
     def __post_init__(self):
         _require(self.iw_samples >= 1, "eval.iw_samples", "must be >= 1", self.iw_samples)
         _require(self.prior_samples >= 1, "eval.prior_samples", "must be >= 1", self.prior_samples)
         _require(self.bleu_sentences >= 0, "eval.bleu_sentences", "must be >= 0", self.bleu_sentences)
+        _require(self.interp_pairs >= 0, "eval.interp_pairs", "must be >= 0", self.interp_pairs)
         _require(self.num_samples_txt >= 0, "eval.num_samples_txt", "must be >= 0", self.num_samples_txt)
 
 
@@ -255,6 +286,13 @@ class Config:
         _require(self.data.max_length <= model.max_words, "data.max_length",
                  f"must be at most {model.max_words}, the tokens that {positions} hold besides <bos> and <eos>",
                  self.data.max_length)
+        # Schedules that span "the whole run" need the run to end.
+        unbounded = self.trainer.max_steps == -1 and self.trainer.max_epochs == -1
+        _require(not (unbounded and self.optim.scheduler == "cosine"), "optim.scheduler",
+                 "cosine needs a run that ends: set trainer.max_steps or trainer.max_epochs", self.optim.scheduler)
+        _require(not (unbounded and self.kl.schedule == "cyclical" and self.kl.total_steps is None), "kl.total_steps",
+                 "must be set for a cyclical schedule when trainer.max_steps and max_epochs are both -1",
+                 self.kl.total_steps)
 
     def to_dict(self) -> dict:
         return dataclasses.asdict(self)
