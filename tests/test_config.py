@@ -243,3 +243,28 @@ def test_cli_config_errors_exit_2_with_one_line(tmp_path, config, flags, needle)
     assert needle in lines[0]
     assert "Traceback" not in result.stderr
     assert not (tmp_path / "runs").exists()
+
+
+@pytest.mark.parametrize("flags, key", [
+    (["--trainer.logger", "comet"], "trainer.logger"),
+    (["--trainer.logger", "[csv, 3]"], "trainer.logger"),
+    (["--trainer.check_val_every_n_epoch", "0"], "trainer.check_val_every_n_epoch"),
+    (["--trainer.early_stopping_patience", "-1"], "trainer.early_stopping_patience"),
+    (["--trainer.deterministic", "always"], "trainer.deterministic"),
+])
+def test_trainer_options_name_the_key(flags, key):
+    with pytest.raises(UserError, match=f"^config: {key} "):
+        load_config(CONFIGS / "debug.yaml", flags)
+
+
+def test_trainer_section_passes_only_real_trainer_arguments_to_lightning():
+    import inspect
+
+    import lightning as L
+
+    trainer = load_config(None, ["--trainer.logger", "tensorboard", "--trainer.early_stopping_patience", "3",
+                                 "--trainer.deterministic", "warn", "--trainer.check_val_every_n_epoch", "null"]).trainer
+    assert trainer.logger == ["tensorboard"]  # one name or a list
+    kwargs = trainer.lightning_kwargs()
+    assert set(kwargs) <= set(inspect.signature(L.Trainer).parameters)  # our own keys (logger, patience) removed
+    assert kwargs["deterministic"] == "warn" and kwargs["check_val_every_n_epoch"] is None

@@ -5,18 +5,22 @@ from __future__ import annotations
 import csv
 import json
 import math
+import re
 import shutil
+import subprocess
 from pathlib import Path
 
 import pytest
 import torch
 import yaml
 
-from conftest import CONFIGS, PTB_DIR, run_cli
+import textvae
+from conftest import CONFIGS, PTB_DIR, REPO, run_cli
 from textvae.api import TextVAE
 from textvae.config import load_config
+from textvae.loggers import AppendingCSVLogger
 from textvae.losses import kl_weight
-from textvae.train import load_checkpoint_model
+from textvae.train import load_checkpoint_model, source_commit
 
 DEBUG = str(CONFIGS / "debug.yaml")
 METRIC_KEYS = {"rec", "kl", "elbo", "nll", "ppl", "mi", "au", "rec_bleu", "distinct_1", "distinct_2", "novel"}
@@ -40,7 +44,7 @@ def train_rows(run_dir: Path) -> list[dict]:
 
 
 def checkpoint_step(path: Path) -> int:
-    return int(torch.load(path, map_location="cpu", weights_only=False)["global_step"])
+    return int(torch.load(path, map_location="cpu", weights_only=True)["global_step"])
 
 
 def snapshot(directory: Path) -> dict[str, tuple[int, int]]:
@@ -216,3 +220,86 @@ def test_overwrite_starts_again(resumed_run, tmp_path):
     exported = json.loads((run_dir / "model" / "config.json").read_text())
     assert exported["config"]["trainer"]["max_steps"] == 6  # the export was replaced too
     assert (workdir / "runs" / "latest").resolve() == run_dir.resolve()
+
+
+def test_run_json_records_version_and_git_commit(debug_run):
+    info = json.loads((debug_run / "run.json").read_text())
+    assert info["version"] == textvae.__version__
+    assert info["torch"] == torch.__version__ and info["python"] and info["lightning"]
+    if not (REPO / ".git").exists():
+        assert info["git_commit"] is None and info["git_dirty"] is None
+        return
+    assert re.fullmatch(r"[0-9a-f]{40}", info["git_commit"]), info
+    # The commit checked out when the run started (HEAD may have moved on since).
+    ancestor = subprocess.run(["git", "-C", str(REPO), "merge-base", "--is-ancestor", info["git_commit"], "HEAD"])
+    assert ancestor.returncode == 0
+    assert isinstance(info["git_dirty"], bool)
+
+
+def test_git_commit_is_null_outside_a_git_checkout(tmp_path):
+    assert source_commit(tmp_path) is None
+    git = ["git", "-C", str(tmp_path), "-c", "user.name=t", "-c", "user.email=t@example.com"]
+    subprocess.run([*git, "init", "-q"], check=True)
+    subprocess.run([*git, "commit", "-q", "--allow-empty", "-m", "x"], check=True)
+    head = subprocess.run([*git, "rev-parse", "HEAD"], capture_output=True, text=True, check=True).stdout.strip()
+    assert source_commit(tmp_path) == head
+    (tmp_path / "site-packages").mkdir()  # a package installed somewhere inside another project's checkout
+    assert source_commit(tmp_path / "site-packages") is None
+
+
+def test_csv_log_appends_to_an_existing_file_and_widens_its_header(tmp_path):
+    path = tmp_path / "logs" / "metrics.csv"
+    path.parent.mkdir()
+    path.write_text("step,train/elbo\n0,5.0\n")
+    logger = AppendingCSVLogger(path)
+    logger.log_metrics({"train/elbo": 4.0}, step=1)
+    logger.save()
+    assert path.read_text() == "step,train/elbo\n0,5.0\n1,4.0\n"
+    logger.log_metrics({"valid/elbo": torch.tensor(3.5)}, step=2)
+    logger.finalize("success")
+    with open(path, newline="") as handle:
+        assert list(csv.DictReader(handle)) == [{"step": "0", "train/elbo": "5.0", "valid/elbo": ""},
+                                                {"step": "1", "train/elbo": "4.0", "valid/elbo": ""},
+                                                {"step": "2", "train/elbo": "", "valid/elbo": "3.5"}]
+    assert [p.name for p in path.parent.iterdir()] == ["metrics.csv"]  # no temporary file left
+
+
+@pytest.fixture(scope="module")
+def configured_run(tmp_path_factory) -> Path:
+    """debug.yaml with the trainer options users ask for: TensorBoard beside the CSV log, two
+    batches per optimizer step, validation every second epoch, deterministic kernels."""
+    workdir = tmp_path_factory.mktemp("configured")
+    train(workdir, "--trainer.logger", "[csv,tensorboard]", "--trainer.accumulate_grad_batches", "2",
+          "--trainer.check_val_every_n_epoch", "2", "--trainer.deterministic", "true", *QUICK_EVAL)
+    return workdir / "runs" / "debug"
+
+
+def test_tensorboard_logger_writes_the_training_curves(configured_run):
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    events = EventAccumulator(str(configured_run / "logs" / "tensorboard"))
+    events.Reload()
+    assert {"train/elbo", "train/beta", "valid/elbo"} <= set(events.Tags()["scalars"])
+    assert read_log(configured_run) and (configured_run / "curves.png").is_file()  # the CSV log is always kept
+
+
+def test_accumulate_grad_batches_and_check_val_every_n_epoch(configured_run):
+    # 13 batches an epoch, an optimizer step every 2 (the epoch's last batch steps alone): 7 steps an epoch
+    assert checkpoint_step(configured_run / "checkpoints" / "last.ckpt") == 14
+    assert [int(row["epoch"]) for row in read_log(configured_run) if row.get("valid/elbo")] == [1]
+    assert yaml.safe_load((configured_run / "config.yaml").read_text())["trainer"]["logger"] == ["csv", "tensorboard"]
+
+
+def test_early_stopping_after_patience_validations_without_improvement(tmp_path):
+    # A learning rate of 1e-30 leaves the weights as they are: valid/elbo moves only with the sampled
+    # codes, so a new minimum soon stops coming.
+    result = train(tmp_path, "--trainer.early_stopping_patience", "2", "--trainer.max_epochs", "30",
+                   "--optim.lr", "1e-30", "--data.limit", "64", *QUICK_EVAL)
+    elbos = [float(row["valid/elbo"]) for row in read_log(tmp_path / "runs" / "debug") if row.get("valid/elbo")]
+    best, waited = float("inf"), 0
+    for validations, value in enumerate(elbos, 1):
+        best, waited = (value, 0) if value < best else (best, waited + 1)
+        if waited == 2:
+            break
+    assert validations == len(elbos) < 30, elbos
+    assert "stopped early" in result.stderr

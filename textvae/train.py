@@ -1,9 +1,11 @@
 """`train(config) -> run dir` and `evaluate(model, split) -> metrics`.
 
-A run directory holds `config.yaml`, `checkpoints/` (best by validation ELBO, `last.ckpt`,
-refreshed every `trainer.checkpoint_every_n_steps`), `logs/metrics.csv`, the `model/` export of
-the best checkpoint, `metrics.json` (SPEC §7 on valid and test), `samples.txt` and
-`curves.png`; `runs/latest` points at the newest run. Choices worth knowing:
+A run directory holds `config.yaml`, `run.json` (the textvae version and git commit that
+started or last resumed the run; the commit is null outside a git checkout), `checkpoints/`
+(best by validation ELBO, `last.ckpt`, refreshed every `trainer.checkpoint_every_n_steps`),
+`logs/metrics.csv` (and the logs of `trainer.logger`), the `model/` export of the best
+checkpoint, `metrics.json` (SPEC §7 on valid and test), `samples.txt` and `curves.png`;
+`runs/latest` points at the newest run. Choices worth knowing:
 
 - The run directory is checked (writable; not an existing run unless `resume`/`overwrite`)
   before any data is read, but changed (old checkpoints/logs cleared, `config.yaml` written)
@@ -11,11 +13,16 @@ the best checkpoint, `metrics.json` (SPEC §7 on valid and test), `samples.txt` 
   writes outside Lightning's own checkpointing.
 - Under `strategy: ddp` Lightning re-launches this command once per extra device; those
   processes skip the run-directory checks (they see the directory rank 0 just made).
-- SIGINT/SIGTERM save `last.ckpt` and end with `Interrupted`; a diverged loss ends with
-  `TrainingDiverged`. Neither touches an existing `model/` export, which is only ever
-  replaced by a complete new one (written to a temporary directory, then renamed).
-- A resumed run appends to `logs/metrics.csv` (rows past the checkpoint's step are dropped)
-  instead of Lightning's default of deleting the file.
+- SIGINT/SIGTERM save `last.ckpt` (Lightning's `OnExceptionCheckpoint`) and end with
+  `Interrupted`; a diverged loss ends with `TrainingDiverged`. Neither touches an existing
+  `model/` export, which is only ever replaced by a complete new one (written to a temporary
+  directory, then renamed).
+- Checkpoints are only ever read with `torch.load(weights_only=True)`, ours (`read_checkpoint`)
+  and Lightning's on resume alike: a checkpoint holding pickled objects is refused (one line,
+  exit 2) on `--resume` before the run directory changes, or at the end of a run before export.
+- A resumed run appends to `logs/metrics.csv` (rows past the checkpoint's step are dropped;
+  loggers.py), instead of Lightning's CSVLogger's default of deleting the file.
+- `trainer.early_stopping_patience` adds Lightning's `EarlyStopping` on `valid/elbo`.
 """
 
 from __future__ import annotations
@@ -24,22 +31,24 @@ import csv
 import json
 import logging
 import os
+import pickle
+import platform
+import re
 import shutil
+import subprocess
 import sys
 from pathlib import Path
 
 import lightning as L
 import torch
-from lightning.pytorch.callbacks import Callback, ModelCheckpoint
-from lightning.pytorch.loggers import CSVLogger
-from lightning.pytorch.loggers.csv_logs import ExperimentWriter
-from lightning.pytorch.loggers.logger import rank_zero_experiment
+from lightning.pytorch.callbacks import EarlyStopping, ModelCheckpoint, OnExceptionCheckpoint
 from lightning.pytorch.utilities.exceptions import MisconfigurationException, SIGTERMException
 
 from textvae.api import TextVAE, atomic_write_dir
 from textvae.config import Config, dump_config, from_dict
 from textvae.data import TextDataModule, load_corpus
 from textvae.errors import Interrupted, UserError
+from textvae.loggers import make_loggers, resolve_loggers, trim_log
 from textvae.losses import gaussian_kl
 from textvae.metrics import (active_units, corpus_bleu, distinct_n, iw_batch_size, iw_nll,
                              mutual_information, novelty, ppl, target_tokens)
@@ -80,62 +89,91 @@ def prepare_run_dir(run_dir: Path, resume: bool, overwrite: bool) -> Path | None
     return last if resume else None
 
 
-class _AppendingWriter(ExperimentWriter):
-    """Lightning's CSV writer, but keeping an existing metrics.csv (for resumed runs)."""
+class SaveOnInterrupt(OnExceptionCheckpoint):
+    """Lightning's on-exception checkpoint, written as `last.ckpt`, for SIGINT and SIGTERM only.
 
-    def _check_log_dir_exists(self) -> None:
-        if os.path.isfile(self.metrics_file_path):
-            with open(self.metrics_file_path, newline="") as handle:
-                self.metrics_keys = sorted(next(csv.reader(handle), []))
+    Other exceptions (a diverged loss, a bug) save nothing, so they never replace the last good
+    checkpoint. The parent deletes its file when a run ends normally (it is meant as a leftover
+    of a crash); here the file is last.ckpt, which a finished run keeps.
+    """
 
-
-class ResumableCSVLogger(CSVLogger):
-    @property
-    @rank_zero_experiment
-    def experiment(self):
-        if self._experiment is None:
-            os.makedirs(self.log_dir, exist_ok=True)
-            self._experiment = _AppendingWriter(log_dir=self.log_dir)
-        return self._experiment
-
-
-def trim_log(metrics_csv: Path, step: int) -> None:
-    """Drop log rows at or after `step` (logged after the checkpoint a resumed run starts from)."""
-    if not metrics_csv.is_file():
-        return
-    with open(metrics_csv, newline="") as handle:
-        reader = csv.DictReader(handle)
-        fields, rows = reader.fieldnames or [], [r for r in reader if r.get("step") and int(r["step"]) < step]
-    with open(metrics_csv, "w", newline="") as handle:
-        writer = csv.DictWriter(handle, fieldnames=fields)
-        writer.writeheader()
-        writer.writerows(rows)
-
-
-class SaveOnInterrupt(Callback):
-    """Save last.ckpt when training is interrupted by SIGINT (KeyboardInterrupt) or SIGTERM."""
-
-    def __init__(self, path: Path):
-        self.path = path
+    def __init__(self, checkpoints: Path):
+        super().__init__(checkpoints, filename="last")
         self.signal: str | None = None
 
     def on_exception(self, trainer, pl_module, exception):
         if isinstance(exception, (KeyboardInterrupt, SIGTERMException)):
             self.signal = "SIGINT" if isinstance(exception, KeyboardInterrupt) else "SIGTERM"
-            trainer.save_checkpoint(self.path)
+            super().on_exception(trainer, pl_module, exception)
+
+    def teardown(self, trainer, pl_module, stage):
+        pass  # keep last.ckpt
 
 
-def _checkpoint_step(path: Path) -> int:
-    return int(torch.load(path, map_location="cpu", weights_only=False)["global_step"])
+def read_checkpoint(path: str | Path) -> dict:
+    """A Lightning checkpoint, unpickled with `weights_only=True`: tensors and plain data only.
+
+    Our checkpoints hold nothing else (no allow-list is needed), so a file that does is refused
+    with a one-line `UserError` before anything in it runs; so is an unreadable one.
+    """
+    try:
+        checkpoint = torch.load(path, map_location="cpu", weights_only=True)
+    except pickle.UnpicklingError as error:
+        found = re.search(r"GLOBAL (\S+)", str(error))
+        culprit = f" ({found.group(1)})" if found else ""
+        raise UserError(f"checkpoint: {path} holds pickled objects other than tensors and plain data{culprit}; "
+                        f"refused, since loading them could run code") from None
+    except (OSError, RuntimeError, EOFError, KeyError, ValueError) as error:
+        reason = (str(error).splitlines() or [""])[0]
+        raise UserError(f"checkpoint: {path} is not a readable checkpoint ({type(error).__name__}: {reason})") from None
+    if not isinstance(checkpoint, dict) or not {"global_step", "state_dict", "hyper_parameters"} <= checkpoint.keys():
+        raise UserError(f"checkpoint: {path} is not a textvae training checkpoint")
+    return checkpoint
+
+
+def checkpoint_step(path: Path) -> int:
+    return int(read_checkpoint(path)["global_step"])
+
+
+def source_commit(directory: Path) -> str | None:
+    """The git commit checked out at `directory` if it is the top of a git work tree, else None."""
+    try:
+        result = subprocess.run(["git", "-C", str(directory), "rev-parse", "--show-toplevel", "HEAD"],
+                                capture_output=True, text=True, timeout=30)
+    except (OSError, subprocess.SubprocessError):
+        return None
+    lines = result.stdout.split()
+    if result.returncode != 0 or len(lines) != 2 or Path(lines[0]).resolve() != directory.resolve():
+        return None
+    return lines[1]
+
+
+def run_info() -> dict:
+    """What run.json records: the textvae version and git commit (null outside a git checkout;
+    git_dirty: tracked files differ from it) that started or last resumed the run."""
+    import textvae
+
+    source = Path(textvae.__file__).resolve().parent.parent
+    commit = source_commit(source)
+    dirty = None
+    if commit is not None:  # diff-index reads the index without refreshing (locking) it
+        dirty = subprocess.run(["git", "-C", str(source), "diff-index", "--quiet", "HEAD", "--"],
+                               capture_output=True, timeout=30).returncode != 0
+    return {"version": textvae.__version__, "git_commit": commit, "git_dirty": dirty,
+            "python": platform.python_version(), "torch": torch.__version__, "lightning": L.__version__}
 
 
 def train(config: Config, resume: bool = False, overwrite: bool = False) -> Path:
     """Train a model as `config` says; returns the run directory."""
     run_dir = Path(config.output_dir)
     child = is_launched_child()
+    logger_names = resolve_loggers(config.trainer.logger)  # a logger's missing package fails before any change
     resume_from = run_dir / "checkpoints" / "last.ckpt" if resume else None
+    resume_step = None
     if not child:
         resume_from = prepare_run_dir(run_dir, resume, overwrite)
+        if resume_from is not None:
+            resume_step = checkpoint_step(resume_from)  # refuses a checkpoint that is not plain data
     L.seed_everything(config.seed, workers=True, verbose=False)
     datamodule = TextDataModule(config)
     datamodule.prepare_data()
@@ -143,7 +181,7 @@ def train(config: Config, resume: bool = False, overwrite: bool = False) -> Path
     system = VAESystem(config.to_dict(), datamodule.tokenizer.get_vocab_size())
 
     checkpoints = run_dir / "checkpoints"
-    interrupt = SaveOnInterrupt(checkpoints / "last.ckpt")
+    interrupt = SaveOnInterrupt(checkpoints)
     callbacks = [
         ModelCheckpoint(dirpath=checkpoints, filename="best", monitor="valid/elbo", mode="min", save_top_k=1,
                         save_last=True, enable_version_counter=False),
@@ -151,14 +189,11 @@ def train(config: Config, resume: bool = False, overwrite: bool = False) -> Path
                         every_n_train_steps=config.trainer.checkpoint_every_n_steps),
         interrupt,
     ]
-    loggers = [ResumableCSVLogger(run_dir, name="logs", version="")]
-    try:
-        from lightning.pytorch.loggers import TensorBoardLogger
-        import tensorboard  # noqa: F401  (optional)
-
-        loggers.append(TensorBoardLogger(run_dir, name="logs", version="tensorboard"))
-    except ImportError:
-        pass
+    patience = config.trainer.early_stopping_patience
+    early_stopping = EarlyStopping(monitor="valid/elbo", mode="min", patience=patience) if patience else None
+    if early_stopping is not None:
+        callbacks.append(early_stopping)
+    loggers = make_loggers(logger_names, run_dir)
     kwargs = config.trainer.lightning_kwargs()
     if kwargs["enable_progress_bar"] is None:
         kwargs["enable_progress_bar"] = sys.stderr.isatty()
@@ -172,16 +207,20 @@ def train(config: Config, resume: bool = False, overwrite: bool = False) -> Path
             for name in ("checkpoints", "logs"):  # model/ stays until a new export replaces it
                 shutil.rmtree(run_dir / name, ignore_errors=True)
         atomic_write_text(run_dir / "config.yaml", dump_config(config))
-        if resume_from is not None:
-            trim_log(run_dir / "logs" / "metrics.csv", _checkpoint_step(resume_from))  # re-logged from this step on
+        atomic_write_text(run_dir / "run.json", json.dumps(run_info(), indent=2) + "\n")
+        if resume_step is not None:
+            trim_log(run_dir / "logs" / "metrics.csv", resume_step)  # re-logged from this step on
     try:
-        trainer.fit(system, datamodule=datamodule, ckpt_path=resume_from)
+        trainer.fit(system, datamodule=datamodule, ckpt_path=resume_from, weights_only=True)
     except (SystemExit, SIGTERMException):
         if interrupt.signal is None:
             raise
     if interrupt.signal is not None:
-        raise Interrupted(f"train: {interrupt.signal} at step {trainer.global_step}; saved {interrupt.path}; "
+        raise Interrupted(f"train: {interrupt.signal} at step {trainer.global_step}; saved {interrupt.ckpt_path}; "
                           f"continue with --resume", 130 if interrupt.signal == "SIGINT" else 143)
+    if early_stopping is not None and early_stopping.wait_count >= patience:
+        log.info("train: stopped early at step %d: valid/elbo did not improve for %d validations",
+                 trainer.global_step, patience)
     if not trainer.is_global_zero:
         return run_dir
     finish_run(run_dir, config, datamodule, callbacks[0].best_model_path or str(checkpoints / "last.ckpt"))
@@ -189,7 +228,7 @@ def train(config: Config, resume: bool = False, overwrite: bool = False) -> Path
 
 
 def load_checkpoint_model(path: str | Path, tokenizer) -> TextVAE:
-    checkpoint = torch.load(path, map_location="cpu", weights_only=False)
+    checkpoint = read_checkpoint(path)
     hparams = checkpoint["hyper_parameters"]
     system = VAESystem(hparams["config"], hparams["vocab_size"])
     system.load_state_dict(checkpoint["state_dict"])
