@@ -3,12 +3,13 @@ training, the logged KL never floored), BN-VAE posteriors and the learning-rate 
 
 from __future__ import annotations
 
+import json
 import math
 from types import SimpleNamespace
 
 import pytest
 import torch
-from conftest import framed_batch, synthetic_sentences
+from conftest import CONFIGS, framed_batch, run_cli, synthetic_sentences, text_overrides
 
 from textvae.config import Config, load_config
 from textvae.errors import UserError
@@ -174,3 +175,18 @@ def test_a_run_with_no_end_needs_no_cosine_horizon():
         load_config(None, {"trainer": {"max_epochs": -1}, "kl": {"schedule": "cyclical"}})
     assert isinstance(load_config(None, {"trainer": {"max_epochs": -1, "max_steps": 500},
                                          "optim": {"scheduler": "cosine"}}), Config)
+
+
+def test_training_validates_sentences_longer_than_the_model_reads(tmp_path, tiny_corpus):
+    corpus = dict(tiny_corpus)
+    long_line = " ".join(["the cat saw the ball"] * 12)  # 60 words; the model below reads 38
+    corpus["valid"] = tmp_path / "valid.txt"
+    corpus["valid"].write_text(tiny_corpus["valid"].read_text() + long_line + "\n")
+    result = run_cli(["train", "--config", str(CONFIGS / "debug.yaml"), *text_overrides(corpus),
+                      "--model.encoder.max_positions", "40", "--data.max_length", "30", "--trainer.max_epochs", "1",
+                      "--eval.iw_samples", "1", "--eval.prior_samples", "5", "--eval.interp_pairs", "2",
+                      "--output_dir", "runs/long"], cwd=tmp_path)
+    assert result.returncode == 0, result.stderr[-2000:]
+    assert "1 valid sentences are longer than the 38 tokens" in result.stderr
+    metrics = json.loads((tmp_path / "runs" / "long" / "metrics.json").read_text())
+    assert metrics["valid"]["sentences"] == 61 and metrics["valid"]["cut_to_model"] == 1

@@ -33,8 +33,8 @@ from textvae.config import Config, from_dict
 from textvae.errors import UserError
 from textvae.generate import STRATEGIES, decode_codes
 from textvae.model import VAE
-from textvae.tokenizer import (UNK, UNK_ID, decode_ids, encode_batch, frame, length_batches, load_tokenizer,
-                               save_tokenizer)
+from textvae.tokenizer import (UNK, UNK_ID, clip_framed, decode_ids, encode_batch, frame, length_batches,
+                               load_tokenizer, save_tokenizer)
 
 log = logging.getLogger("textvae")
 
@@ -193,13 +193,12 @@ class TextVAE:
         read the rest: scores and metrics of cut sentences cover their first `max_words` tokens
         only. Warns when any sentence was cut; evaluation should also report the count.
         """
-        limit = self.max_words + 2
-        cut = sum(len(ids) > limit for ids in framed)
+        framed, cut = clip_framed(framed, self.max_words)
         if cut:
             log.warning("%d of %d sentence(s) are longer than the %d tokens this model reads (its position "
                         "tables); each was cut to its first %d tokens", cut, len(framed), self.max_words,
                         self.max_words)
-        return [ids if len(ids) <= limit else [*ids[: limit - 1], ids[-1]] for ids in framed], cut
+        return framed, cut
 
     @property
     def max_new_tokens(self) -> int | None:
@@ -295,7 +294,8 @@ class TextVAE:
         path[0], path[-1] = start, end
         return self.decode(path, **decoding)
 
-    def score(self, sentences: list[str], iw_samples: int | None = None, seed: int = 0) -> tuple[torch.Tensor, torch.Tensor]:
+    def score(self, sentences: list[str], iw_samples: int | None = None,
+              seed: int = 0) -> tuple[torch.Tensor, torch.Tensor]:
         """Per-sentence NLL in nats (IW estimate with `iw_samples` codes; 1 = single-sample ELBO) and
         the number of predicted tokens (words + <eos>) of each sentence. `iw_samples` defaults to
         the K the model's stored anomaly quantiles were computed with (so scores and

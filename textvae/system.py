@@ -15,6 +15,7 @@ training with an error naming the step.
 
 from __future__ import annotations
 
+import logging
 import math
 
 import lightning as L
@@ -25,6 +26,9 @@ from textvae.data import Split, load_corpus, make_loader, split_files
 from textvae.errors import UserError
 from textvae.losses import controlled_log_beta, effective_free_bits, free_bits_kl, gaussian_kl, kl_weight
 from textvae.model import VAE
+from textvae.tokenizer import clip_framed
+
+log = logging.getLogger("textvae")
 
 
 class TrainingDiverged(UserError):
@@ -137,12 +141,22 @@ class TextDataModule(L.LightningDataModule):
     def setup(self, stage: str | None = None):
         if not self.corpus:
             self.corpus, self.tokenizer = load_corpus(self.config.data, self.tokenizer)
+            # Validation and test keep full sentences, but the model reads at most max_words
+            # tokens (its position tables): their loaders cut longer ones, counted here.
+            max_words = self.config.model.max_words
+            for name in ("valid", "test"):
+                _, cut = clip_framed(self.corpus[name].ids, max_words)
+                if cut:
+                    log.warning("data: %d %s sentences are longer than the %d tokens the model reads; "
+                                "validation sees their first %d", cut, name, max_words, max_words)
 
     def _loader(self, split: str, shuffle: bool, batch_size: int):
         trainer = self.trainer
         world, rank = (trainer.world_size, trainer.global_rank) if trainer is not None else (1, 0)
         data = self.config.data
-        return make_loader(self.corpus[split].ids, batch_size, shuffle, self.config.seed, data.bucket_pool,
+        ids = self.corpus[split].ids if split == "train" else clip_framed(self.corpus[split].ids,
+                                                                           self.config.model.max_words)[0]
+        return make_loader(ids, batch_size, shuffle, self.config.seed, data.bucket_pool,
                            world, rank, data.num_workers)
 
     def train_dataloader(self):

@@ -65,6 +65,14 @@ def frame(ids: list[int], max_length: int | None = None) -> list[int]:
     return [BOS_ID, *ids, EOS_ID]
 
 
+def clip_framed(framed: list[list[int]], max_words: int) -> tuple[list[list[int]], int]:
+    """Framed sentences with each one longer than `max_words` tokens cut to its first `max_words`
+    and `<eos>`, and how many were cut (the model's position tables end there)."""
+    limit = max_words + 2
+    cut = sum(len(ids) > limit for ids in framed)
+    return [ids if len(ids) <= limit else [*ids[: limit - 1], ids[-1]] for ids in framed], cut
+
+
 def pad_batch(sequences: list[list[int]]) -> torch.Tensor:
     """Framed sentences as one (B, T) tensor of ids, right-padded with <pad> to the longest."""
     tokens = torch.full((len(sequences), max(len(ids) for ids in sequences)), PAD_ID, dtype=torch.long)
