@@ -94,3 +94,18 @@ def test_model_flops_per_token_matches_torchs_flop_counter(name, overrides, sing
     assert model_flops_per_token(config.model, vocab, words + 1, training=False) == pytest.approx(forward_flops,
                                                                                                   rel=0.01)
     assert model_flops_per_token(config.model, vocab, words + 1) == pytest.approx(training_flops, rel=0.01)
+
+
+def test_plot_rate_draws_the_sweep_and_prints_its_table(tmp_path):
+    def entry(name, kl, nll, bleu):
+        metrics = {"nll": nll, "kl": kl, "mi": 1.0, "au": 32, "rec_bleu": bleu, "rec_exact": 0.0,
+                   "interp_distinct": 2.0, "interp_step": 0.1}
+        return {"name": name, "config": "configs/ptb.yaml", "valid": metrics, "test": metrics}
+
+    results = tmp_path / "ptb.json"
+    results.write_text(json.dumps([entry("ptb_rate_30", 30.0, 104.0, 20.0), entry("ptb_rate_5", 5.0, 100.5, 3.0),
+                                   entry("ptb", 4.6, 100.4, 2.4)]))
+    rows = run_script("plot_rate.py", "--results", str(results), "--out", str(tmp_path / "rate.png"))
+    assert (tmp_path / "rate.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    assert [row["name"] for row in rows] == ["ptb_rate_30", "ptb_rate_5", "ptb"]
+    assert rows[0]["rec_bleu"] == 20.0 and rows[2]["kl"] == 4.6
