@@ -10,7 +10,7 @@ import torch.nn.functional as F
 from textvae.config import DecoderConfig, EncoderConfig, ModelConfig
 from textvae.generate import decode_codes
 from textvae.model import VAE
-from textvae.tokenizer import BOS_ID, EOS_ID, PAD_ID, UNK_ID
+from textvae.tokenizer import BOS_ID, PAD_ID, UNK_ID
 
 pytestmark = pytest.mark.usefixtures("single_thread")
 
