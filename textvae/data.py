@@ -1,4 +1,5 @@
-"""Corpora, tokenisation and length-bucketed batches, wrapped in a `LightningDataModule`.
+"""Corpora, tokenisation and length-bucketed batches (no Lightning: system.py wraps them in a
+`LightningDataModule`, so evaluation and the API can load data without it).
 
 - PTB (`data.dataset: ptb`): Mikolov's three files in `data.root`, MD5-verified; when absent
   they are downloaded once from `data.download_url` (the original simple-examples archive)
@@ -32,11 +33,10 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Iterable, Iterator
 
-import lightning as L
 import torch
 from torch.utils.data import DataLoader, Sampler
 
-from textvae.config import Config, DataConfig
+from textvae.config import DataConfig
 from textvae.errors import UserError
 from textvae.tokenizer import PAD_ID, encode_batch, frame, pad_batch, train_tokenizer
 
@@ -353,36 +353,3 @@ def padding_share(loader: DataLoader) -> float:
         real += int((targets != PAD_ID).sum())
         total += targets.numel()
     return 1.0 - real / total
-
-
-class TextDataModule(L.LightningDataModule):
-    """Train/valid/test loaders for a config; the tokenizer is trained on train unless given."""
-
-    def __init__(self, config: Config, tokenizer=None):
-        super().__init__()
-        self.config = config
-        self.tokenizer = tokenizer
-        self.corpus: dict[str, Split] = {}
-
-    def prepare_data(self):
-        split_files(self.config.data)  # downloads PTB once, on the main process only
-
-    def setup(self, stage: str | None = None):
-        if not self.corpus:
-            self.corpus, self.tokenizer = load_corpus(self.config.data, self.tokenizer)
-
-    def _loader(self, split: str, shuffle: bool, batch_size: int) -> DataLoader:
-        trainer = self.trainer
-        world, rank = (trainer.world_size, trainer.global_rank) if trainer is not None else (1, 0)
-        data = self.config.data
-        return make_loader(self.corpus[split].ids, batch_size, shuffle, self.config.seed, data.bucket_pool,
-                           world, rank, data.num_workers)
-
-    def train_dataloader(self):
-        return self._loader("train", True, self.config.data.batch_size)
-
-    def val_dataloader(self):
-        return self._loader("valid", False, self.config.data.eval_batch_size)
-
-    def test_dataloader(self):
-        return self._loader("test", False, self.config.data.eval_batch_size)

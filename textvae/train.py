@@ -44,16 +44,12 @@ import torch
 from lightning.pytorch.callbacks import EarlyStopping, ModelCheckpoint, OnExceptionCheckpoint
 from lightning.pytorch.utilities.exceptions import MisconfigurationException, SIGTERMException
 
-from textvae.api import TextVAE, atomic_write_dir
-from textvae.config import Config, dump_config, from_dict
-from textvae.data import TextDataModule, load_corpus
+from textvae.api import TextVAE
+from textvae.config import Config, dump_config
 from textvae.errors import Interrupted, UserError
 from textvae.loggers import make_loggers, resolve_loggers, trim_log
-from textvae.losses import gaussian_kl
-from textvae.metrics import (active_units, corpus_bleu, distinct_n, iw_batch_size, iw_nll,
-                             mutual_information, novelty, ppl, target_tokens)
-from textvae.system import VAESystem
-from textvae.tokenizer import decode_ids
+from textvae.evaluate import PRIOR_STRATEGY, evaluate, training_sentences
+from textvae.system import TextDataModule, VAESystem
 
 log = logging.getLogger("textvae")
 
@@ -239,17 +235,18 @@ def finish_run(run_dir: Path, config: Config, datamodule: TextDataModule, checkp
     """Export the best checkpoint, then write metrics.json, samples.txt, curves.png, runs/latest."""
     vae = load_checkpoint_model(checkpoint, datamodule.tokenizer)
     corpus = datamodule.corpus
-    training_text = {" ".join(s.split()) for s in decode_ids(vae.tokenizer, (ids[1:] for ids in corpus["train"].ids))}
-    metrics, per_sentence = {}, {}
+    training_text = training_sentences(vae, corpus["train"].ids)
+    metrics, scores = {}, {}
     for split in ("valid", "test"):
-        metrics[split], per_sentence[split] = evaluate(vae, corpus[split].ids, config, training_text)
-    per_token = torch.sort(per_sentence["valid"]["nll"] / per_sentence["valid"]["tokens"]).values
+        metrics[split], scores[split] = evaluate(vae, corpus[split].ids, training_text)
+    per_token = torch.sort(scores["valid"].nll / scores["valid"].tokens).values
     quantiles = torch.quantile(per_token, torch.linspace(0, 1, 1001)).tolist()
     vae.extra["score_quantiles"] = {"iw_samples": config.eval.iw_samples, "split": "valid",
                                     "nats_per_token": [round(q, 5) for q in quantiles]}
     vae.extra["checkpoint"] = Path(checkpoint).name
     vae.save_pretrained(run_dir / "model")
     metrics["iw_samples"] = config.eval.iw_samples
+    metrics["prior_strategy"] = PRIOR_STRATEGY
     atomic_write_text(run_dir / "metrics.json", json.dumps(metrics, indent=2) + "\n")
     samples = vae.sample(config.eval.num_samples_txt, strategy="sample", seed=config.seed) \
         if config.eval.num_samples_txt else []
@@ -310,65 +307,3 @@ def plot_curves(metrics_csv: Path, out: Path) -> None:
     figure.savefig(tmp, dpi=100)
     plt.close(figure)
     os.replace(tmp, out)
-
-
-@torch.no_grad()
-def evaluate(vae: TextVAE, ids: list[list[int]], config: Config, training_text: set[str] | None = None,
-             iw_samples: int | None = None, seed: int = 0, progress: bool | None = None):
-    """SPEC §7 metrics of `vae` on framed sentences `ids`; also per-sentence nll and tokens.
-
-    Runs at `vae.precision`: "bf16" is bfloat16 autocast (log-likelihoods are still summed in
-    float32), several times faster on CPUs with bf16 matrix units, at a small cost in accuracy.
-    """
-    from tqdm.auto import tqdm
-
-    iw_samples = iw_samples or config.eval.iw_samples
-    generator = torch.Generator(device=vae.device).manual_seed(seed)
-    model = vae.model.eval()
-    count = len(ids)
-    nll, rec, kl, tokens = (torch.zeros(count) for _ in range(4))
-    means, logvars = torch.zeros(count, vae.latent_dim), torch.zeros(count, vae.latent_dim)
-    batches = list(vae._batches(ids, iw_batch_size(iw_samples)))
-    show = sys.stderr.isatty() if progress is None else progress
-    for positions, batch in tqdm(batches, desc=f"evaluating (K={iw_samples})", disable=not show, leave=False):
-        with vae._autocast():
-            mean, logvar = (t.float() for t in model.encode(batch))
-            estimate = iw_nll(model, batch, iw_samples, generator=generator, posterior=(mean, logvar))
-        nll[positions], rec[positions] = estimate.nll.cpu(), estimate.rec.cpu()
-        kl[positions] = gaussian_kl(mean, logvar).sum(-1).cpu()
-        tokens[positions] = target_tokens(batch).float().cpu()
-        means[positions], logvars[positions] = mean.cpu(), logvar.cpu()
-    metrics = {
-        "rec": rec.mean().item(), "kl": kl.mean().item(), "elbo": (rec + kl).mean().item(),
-        "nll": nll.mean().item(), "ppl": ppl(nll.sum().item(), int(tokens.sum().item())),
-        "mi": mutual_information(means, logvars, generator=torch.Generator().manual_seed(seed)),
-        "au": active_units(means), "sentences": count, "tokens": int(tokens.sum().item()),
-    }
-    limit = config.eval.bleu_sentences or count
-    references = list(decode_ids(vae.tokenizer, (x[1:] for x in ids[:limit])))
-    metrics["rec_bleu"] = corpus_bleu(vae.decode(means[:limit], strategy="greedy"), references)
-    if training_text is not None:
-        samples = vae.sample(config.eval.prior_samples, strategy="greedy", seed=seed)
-        metrics.update({"distinct_1": distinct_n(samples, 1), "distinct_2": distinct_n(samples, 2),
-                        "novel": novelty(samples, training_text)})
-    return metrics, {"nll": nll, "tokens": tokens}
-
-
-def evaluate_model(model_path: str, split: str = "test", iw_samples: int | None = None, seed: int = 0,
-                   precision: str = "32") -> dict:
-    """`textvae evaluate`: the metrics of a saved model on a split of the data it was trained on."""
-    vae = TextVAE.from_pretrained(model_path, precision=precision)  # decoding for rec_bleu, samples too
-    config = vae.config
-    if split not in ("train", "valid", "test"):
-        raise UserError(f"--split must be train, valid or test, got {split!r}")
-    corpus, _ = load_corpus(config.data, vae.tokenizer, splits=tuple({split, "train"}))
-    training_text = {" ".join(s.split()) for s in decode_ids(vae.tokenizer, (x[1:] for x in corpus["train"].ids))}
-    ids = corpus[split].ids
-    if split == "train":  # evaluation uses full sentences: re-frame without the training truncation
-        corpus, _ = load_corpus(from_dict(type(config.data), {**config.data.__dict__, "max_length": 10**9}),
-                                vae.tokenizer, splits=("train",))
-        ids = corpus["train"].ids
-    metrics, _ = evaluate(vae, ids, config, training_text, iw_samples, seed)
-    metrics["split"], metrics["iw_samples"] = split, iw_samples or config.eval.iw_samples
-    metrics["precision"] = precision
-    return metrics
