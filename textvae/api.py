@@ -2,7 +2,9 @@
 
 A model directory holds `config.json` (format version, the training config, vocabulary size and
 the validation NLL quantiles used for `score --percentile`), `model.safetensors` and the HF
-`tokenizer.json` (+ `tokenizer_config.json` for `AutoTokenizer`). Loading reads only JSON and
+`tokenizer.json` (+ `tokenizer_config.json` for `AutoTokenizer`). A pretrained encoder's HF
+config and tokenizer files sit in `encoder/` (its weights are in `model.safetensors` with the
+rest) and it is rebuilt from them offline. Loading reads only JSON, tokenizer files and
 safetensors, so an untrusted model directory runs no code. `save_pretrained` writes into a
 temporary sibling directory and renames it into place, so a crash never leaves a half-written
 model under the final name.
@@ -33,6 +35,7 @@ from textvae.config import Config, from_dict
 from textvae.errors import UserError
 from textvae.generate import STRATEGIES, decode_codes
 from textvae.model import VAE
+from textvae.pretrained import PretrainedEncoder, rebuild_hf, save_hf
 from textvae.tokenizer import (UNK, UNK_ID, clip_framed, decode_ids, encode_batch, frame, length_batches,
                                load_tokenizer, save_tokenizer)
 
@@ -139,7 +142,10 @@ class TextVAE:
         except (SafetensorError, OSError, ValueError) as error:
             raise UserError(f"model: {weights_path} is corrupted or truncated ({error})") from None
         tokenizer = load_tokenizer(directory)
-        model = VAE(config.model, meta["vocab_size"])
+        hf_parts = {}
+        if config.model.encoder.pretrained is not None:
+            hf_parts["encoder"] = rebuild_hf(directory / "encoder", "encoder")
+        model = VAE(config.model, meta["vocab_size"], tokenizer, hf_parts)
         try:
             model.load_state_dict(weights)
         except RuntimeError as error:
@@ -160,6 +166,8 @@ class TextVAE:
             state = {name: tensor.detach().contiguous().cpu() for name, tensor in self.model.state_dict().items()}
             save_file(state, str(tmp / "model.safetensors"), metadata={"format": "pt"})
             save_tokenizer(self.tokenizer, tmp)
+            if isinstance(self.model.encoder, PretrainedEncoder):
+                save_hf(self.model.encoder.hf, self.model.encoder.hf_tokenizer, tmp / "encoder")
 
         atomic_write_dir(directory, write)
         return directory

@@ -67,8 +67,22 @@ class EncoderConfig:
     feedforward: int = 1024  # hidden size of each feed-forward block
     dropout: float = 0.1  # dropout inside the encoder layers
     max_positions: int = 512  # longest sentence the learned position table covers
+    pretrained: Optional[str] = None  # HF encoder (Hub name or local dir) instead of the own one above (null: own)
+    pooling: Literal["mean", "cls"] = "mean"  # pretrained: mean over its tokens, or its first (CLS) position
+    freeze: bool = False  # pretrained: keep its weights fixed (eval mode, no gradients); only the pooling map trains
+    lr_scale: float = 1.0  # pretrained: its weights train at optim.lr times this (fine-tuning wants less)
 
     def __post_init__(self):
+        _require(self.pooling in ("mean", "cls"), "model.encoder.pooling", "must be 'mean' or 'cls'", self.pooling)
+        _require(self.lr_scale > 0, "model.encoder.lr_scale", "must be > 0", self.lr_scale)
+        if self.pretrained is None:
+            _require(not self.freeze, "model.encoder.freeze", "needs model.encoder.pretrained", self.freeze)
+            _require(self.pooling == "mean", "model.encoder.pooling", "cls needs model.encoder.pretrained",
+                     self.pooling)
+            _require(self.lr_scale == 1.0, "model.encoder.lr_scale", "needs model.encoder.pretrained", self.lr_scale)
+        else:
+            _require(self.pretrained.strip() != "", "model.encoder.pretrained", "must name a model or directory",
+                     self.pretrained)
         _require(self.layers >= 1, "model.encoder.layers", "must be >= 1", self.layers)
         _require(self.width >= 1 and self.heads >= 1 and self.width % self.heads == 0,
                  "model.encoder.heads", f"must divide model.encoder.width={self.width}", self.heads)

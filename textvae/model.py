@@ -1,7 +1,9 @@
 """The VAE as plain PyTorch: transformer encoder, GRU and transformer decoders.
 
 - Encoder: token + learned position embeddings, pre-norm transformer layers, mean pooling over
-  non-pad positions, one linear map to the mean and log-variance of q(z|x).
+  non-pad positions, one linear map to the mean and log-variance of q(z|x). With
+  `model.encoder.pretrained` a Hugging Face encoder takes its place (pretrained.py), behind the
+  same call: framed ids in, mean and log-variance out.
 - `GRUDecoder`: z sets the initial hidden state of every layer and/or is concatenated to every
   input embedding. `TransformerDecoder`: causal self-attention; z is projected to a few memory
   vectors for cross-attention and/or added to every input embedding. Both expose the same
@@ -26,6 +28,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from textvae.config import DecoderConfig, EncoderConfig, ModelConfig
+from textvae.pretrained import PretrainedEncoder, load_hf
 from textvae.tokenizer import BOS_ID, PAD_ID, UNK_ID
 
 
@@ -224,13 +227,19 @@ class TransformerDecoder(nn.Module):
 
 
 class VAE(nn.Module):
-    """q(z|x) and p(x|z); `forward` gives per-sentence reconstruction NLL and per-dimension KL."""
+    """q(z|x) and p(x|z); `forward` gives per-sentence reconstruction NLL and per-dimension KL.
 
-    def __init__(self, config: ModelConfig, vocab_size: int):
+    A pretrained encoder (`model.encoder.pretrained`) needs textvae's `tokenizer` (it reads the
+    sentences as text) and is loaded by its config name unless `hf_parts["encoder"]` holds its
+    (module, tokenizer) already: pre-loaded by train(), or rebuilt from an export.
+    """
+
+    def __init__(self, config: ModelConfig, vocab_size: int, tokenizer=None, hf_parts: dict | None = None):
         super().__init__()
         self.config = config
         self.vocab_size = vocab_size
-        self.encoder = Encoder(vocab_size, config.encoder, config.latent_dim)
+        pretrained = config.encoder.pretrained
+        self.encoder = Encoder(vocab_size, config.encoder, config.latent_dim) if pretrained is None else None
         decoder_class = GRUDecoder if config.decoder.type == "gru" else TransformerDecoder
         self.decoder = decoder_class(vocab_size, config.decoder, config.latent_dim)
         embed_dim = self.decoder.embed.embedding_dim
@@ -250,6 +259,11 @@ class VAE(nn.Module):
         self.apply(self._init_weights)
         if self.posterior_bn is not None:
             nn.init.constant_(self.posterior_bn.weight, config.posterior_bn)
+        if pretrained is not None:  # after the init above, which would overwrite its trained embeddings
+            if tokenizer is None:
+                raise ValueError("a pretrained encoder needs textvae's tokenizer")
+            parts = (hf_parts or {}).get("encoder") or load_hf(pretrained, "model.encoder.pretrained")
+            self.encoder = PretrainedEncoder(*parts, tokenizer, config.encoder, config.latent_dim)
 
     @staticmethod
     def _init_weights(module: nn.Module) -> None:

@@ -36,11 +36,13 @@ class TrainingDiverged(UserError):
 
 
 class VAESystem(L.LightningModule):
-    def __init__(self, config: dict, vocab_size: int):
+    def __init__(self, config: dict, vocab_size: int, tokenizer=None, hf_parts: dict | None = None):
         super().__init__()
-        self.save_hyperparameters()
+        # Checkpoints keep plain data only (they are loaded with weights_only=True): the tokenizer
+        # and pre-loaded HF parts (see VAE) stay out of the hyperparameters.
+        self.save_hyperparameters(ignore=["tokenizer", "hf_parts"])
         self.config: Config = from_dict(Config, config)
-        self.model = VAE(self.config.model, vocab_size)
+        self.model = VAE(self.config.model, vocab_size, tokenizer, hf_parts)
         kl = self.config.kl
         self.controlled = kl.target_rate is not None and kl.rate_control == "beta"
         self.free_bits = effective_free_bits(kl, self.config.model.latent_dim)
@@ -104,10 +106,23 @@ class VAESystem(L.LightningModule):
     def test_step(self, batch, batch_idx):
         self._shared_step(batch, "test")
 
+    def parameter_groups(self) -> list[dict]:
+        """All weights at optim.lr, except a pretrained encoder's: at lr * model.encoder.lr_scale in a
+        group of their own, or left out when frozen."""
+        hf = getattr(self.model.encoder, "hf", None)
+        if hf is None:
+            return [{"params": list(self.parameters())}]
+        pretrained = {id(p) for p in hf.parameters()}
+        groups = [{"params": [p for p in self.parameters() if id(p) not in pretrained]}]
+        encoder = self.config.model.encoder
+        if not encoder.freeze:
+            groups.append({"params": list(hf.parameters()), "lr": self.config.optim.lr * encoder.lr_scale})
+        return groups
+
     def configure_optimizers(self):
         optim = self.config.optim
         optimizer_class = torch.optim.AdamW if optim.optimizer == "adamw" else torch.optim.Adam
-        optimizer = optimizer_class(self.parameters(), lr=optim.lr, betas=tuple(optim.betas),
+        optimizer = optimizer_class(self.parameter_groups(), lr=optim.lr, betas=tuple(optim.betas),
                                     weight_decay=optim.weight_decay)
         # A run with no end (max_epochs and max_steps -1) has no cosine horizon; config.py rejects
         # that combination, and a constant schedule never reads `total`.

@@ -48,6 +48,7 @@ from textvae.api import TextVAE
 from textvae.config import Config, dump_config
 from textvae.errors import Interrupted, UserError
 from textvae.loggers import make_loggers, resolve_loggers, trim_log
+from textvae.pretrained import load_parts
 from textvae.evaluate import PRIOR_STRATEGY, evaluate, training_sentences
 from textvae.system import TextDataModule, VAESystem
 
@@ -164,6 +165,7 @@ def train(config: Config, resume: bool = False, overwrite: bool = False) -> Path
     run_dir = Path(config.output_dir)
     child = is_launched_child()
     logger_names = resolve_loggers(config.trainer.logger)  # a logger's missing package fails before any change
+    hf_parts = load_parts(config.model)  # so does a pretrained model that cannot be loaded
     resume_from = run_dir / "checkpoints" / "last.ckpt" if resume else None
     resume_step = None
     if not child:
@@ -174,7 +176,7 @@ def train(config: Config, resume: bool = False, overwrite: bool = False) -> Path
     datamodule = TextDataModule(config)
     datamodule.prepare_data()
     datamodule.setup()
-    system = VAESystem(config.to_dict(), datamodule.tokenizer.get_vocab_size())
+    system = VAESystem(config.to_dict(), datamodule.tokenizer.get_vocab_size(), datamodule.tokenizer, hf_parts)
 
     checkpoints = run_dir / "checkpoints"
     interrupt = SaveOnInterrupt(checkpoints)
@@ -226,7 +228,7 @@ def train(config: Config, resume: bool = False, overwrite: bool = False) -> Path
 def load_checkpoint_model(path: str | Path, tokenizer) -> TextVAE:
     checkpoint = read_checkpoint(path)
     hparams = checkpoint["hyper_parameters"]
-    system = VAESystem(hparams["config"], hparams["vocab_size"])
+    system = VAESystem(hparams["config"], hparams["vocab_size"], tokenizer)
     system.load_state_dict(checkpoint["state_dict"])
     return TextVAE(system.model, tokenizer, system.config)
 
