@@ -330,6 +330,20 @@ class TextVAE:
         high = min(low + 1, len(values) - 1)
         return values[low] + (values[high] - values[low]) * (position - low)
 
+    def compress(self, text: str, lanes: int = 64) -> bytes:
+        """`text` (any str) as a lossless bits-back stream for this model (SPEC §11, compress.py);
+        `lanes` lines are coded in lockstep, the batch size of decompression."""
+        from textvae.compress import compress
+
+        return compress(self, text, lanes)
+
+    def decompress(self, data: bytes) -> str:
+        """The text of a `compress` stream; a `UserError` if it was made with another model or
+        is damaged."""
+        from textvae.compress import decompress
+
+        return decompress(self, data)
+
 
 def check_precision(precision: str) -> str:
     if precision not in ("32", "bf16"):

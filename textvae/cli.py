@@ -44,6 +44,35 @@ def read_input_lines(source: str) -> list[str]:
         return [text for line in utf8_lines(handle, source) for text in line.splitlines()]
 
 
+def read_input_text(source: str) -> str:
+    """All of FILE (or stdin for '-') as one exact string; non-UTF-8 bytes fail naming the line."""
+    from textvae.data import utf8_lines
+
+    if source == "-":
+        return "".join(utf8_lines(sys.stdin.buffer, "<stdin>"))
+    path = Path(source)
+    if not path.is_file():
+        raise UserError(f"input file not found: {source}")
+    with open(path, "rb") as handle:
+        return "".join(utf8_lines(handle, source))
+
+
+def write_output(target: str, data: bytes) -> None:
+    """`data` to stdout for '-', else to `target` atomically (a temporary sibling, then a rename)."""
+    if target == "-":
+        sys.stdout.buffer.write(data)
+        sys.stdout.buffer.flush()
+        return
+    out = Path(target)
+    tmp = out.with_name(f".{out.name}.tmp-{os.getpid()}")
+    try:
+        tmp.write_bytes(data)
+        os.replace(tmp, out)
+    except OSError as error:
+        tmp.unlink(missing_ok=True)
+        raise UserError(f"cannot write {out} ({error.strerror})") from None
+
+
 def _emit(lines, fmt: str = "text", key: str = "text") -> None:
     for line in lines:
         print(json.dumps({key: line}, ensure_ascii=False) if fmt == "jsonl" else line, flush=False)
@@ -104,12 +133,24 @@ def cmd_encode(args, rest) -> None:
     import numpy as np
 
     lines = read_input_lines(args.input)
+    if args.bits is not None:
+        from textvae.compress import check_bits
+
+        check_bits(args.bits)
     vae = _load(args)
     codes = vae.encode(lines).numpy().astype("float32")
     out = Path(args.out)
     tmp = out.with_name(f".{out.name}.tmp-{os.getpid()}.npy")
     try:
-        np.save(tmp, codes)
+        if args.bits is None:
+            np.save(tmp, codes)
+        else:  # an .npz archive under the name given: packed B-bit codes and B (compress.quantize_codes)
+            import torch
+
+            from textvae.compress import quantize_codes
+
+            with open(tmp, "wb") as handle:
+                np.savez(handle, packed=quantize_codes(torch.from_numpy(codes), args.bits), bits=args.bits)
         os.replace(tmp, out)
     except OSError as error:
         tmp.unlink(missing_ok=True)
@@ -122,10 +163,36 @@ def cmd_decode(args, rest) -> None:
 
     try:
         codes = np.load(args.codes, allow_pickle=False)
-    except (OSError, ValueError) as error:
+        if isinstance(codes, np.lib.npyio.NpzFile):  # written by `encode --bits`
+            packed, bits = codes["packed"], int(codes["bits"])
+    except (OSError, ValueError, KeyError) as error:
         raise UserError(f"cannot read codes from {args.codes} ({error})") from None
     vae = _load(args)
+    if isinstance(codes, np.lib.npyio.NpzFile):
+        from textvae.compress import dequantize_codes
+
+        codes = dequantize_codes(packed, bits, vae.latent_dim)
     _emit(vae.decode(codes, **_decoding(args)), args.format)
+
+
+def cmd_compress(args, rest) -> None:
+    text = read_input_text(args.input)
+    vae = _load(args)
+    data = vae.compress(text, lanes=args.lanes)
+    write_output(args.output, data)
+    log.info("%d bytes -> %d bytes (%.3f bits per character)", len(text.encode("utf-8")), len(data),
+             8 * len(data) / max(len(text), 1))
+
+
+def cmd_decompress(args, rest) -> None:
+    if args.input == "-":
+        data = sys.stdin.buffer.read()
+    elif not Path(args.input).is_file():
+        raise UserError(f"input file not found: {args.input}")
+    else:
+        data = Path(args.input).read_bytes()
+    vae = _load(args)
+    write_output(args.output, vae.decompress(data).encode("utf-8"))
 
 
 def cmd_score(args, rest) -> None:
@@ -211,11 +278,27 @@ def build_parser() -> argparse.ArgumentParser:
         sub.add_argument("input", nargs="?", default="-", help="input file, one sentence per line (- for stdin)")
         if name == "encode":
             sub.add_argument("--out", required=True, help="output .npy file (float32, n x latent_dim)")
+            sub.add_argument("--bits", type=int, default=None,
+                             help="quantise each dimension to B bits (1-16; equal-mass bins of the prior) and write "
+                                  "an .npz archive of the packed codes under the --out name")
         sub.set_defaults(handler=handler)
 
     decode = commands.add_parser("decode", parents=[common, model, decoding], help="decode codes from a .npy file")
     decode.add_argument("codes", help=".npy file written by textvae encode")
     decode.set_defaults(handler=cmd_decode)
+
+    compress = commands.add_parser("compress", parents=[common, model],
+                                   help="losslessly compress UTF-8 text with bits-back coding")
+    compress.add_argument("input", nargs="?", default="-", help="input file (- for stdin)")
+    compress.add_argument("-o", "--output", required=True, help="compressed file (- for stdout)")
+    compress.add_argument("--lanes", type=int, default=64,
+                          help="lines coded in lockstep (the batch size of decompression)")
+    compress.set_defaults(handler=cmd_compress)
+    decompress = commands.add_parser("decompress", parents=[common, model],
+                                     help="restore the exact text of a compressed file")
+    decompress.add_argument("input", help="compressed file (- for stdin)")
+    decompress.add_argument("-o", "--output", default="-", help="output file (default: stdout)")
+    decompress.set_defaults(handler=cmd_decompress)
 
     score = commands.add_parser("score", parents=[common, model], help="per-line NLL; flag anomalies")
     score.add_argument("input", nargs="?", default="-", help="input file (- for stdin)")

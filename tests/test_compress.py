@@ -1,0 +1,229 @@
+"""Bits-back compression (compress.py, SPEC §11): exact round trips for any text with both decoders,
+damaged streams and other models refused with one line, the header, determinism across lanes,
+processes and thread counts, the CLI, and the lossy `encode --bits` codes."""
+
+from __future__ import annotations
+
+import math
+import subprocess
+import sys
+import zlib
+
+import numpy as np
+import pytest
+import torch
+
+from conftest import REPO, run_cli, synthetic_sentences
+from textvae import TextVAE
+from textvae.compress import (FORMAT_VERSION, MAGIC, classify, dequantize_codes, fingerprint, quantize_codes,
+                              split_lines)
+from textvae.errors import UserError
+
+pytestmark = pytest.mark.usefixtures("single_thread")
+
+
+def mixed_text() -> str:
+    """In-vocabulary sentences in PTB's spacing and others, raw text, unicode, blank lines, no final newline."""
+    sentences = synthetic_sentences(40, seed=5)
+    lines = [f" {s} " for s in sentences[:12]] + sentences[12:24] + [f" {s}" for s in sentences[24:30]]
+    lines += ["", "The Cat saw a zebra, yesterday!", "the cat  saw the ball", "\ttabbed line", "",
+              "naïve café — 東京 😀", "the cat saw <eos> the ball", "trailing\r", " ".join(["the cat"] * 400)]
+    lines += [f"{s} " for s in sentences[30:]]
+    return "\n".join(lines) + "\n\n   \nno final newline"
+
+
+INPUTS = {"empty": "", "newline": "\n", "one word": "the", "blank lines": "\n\n\n", "unicode": "日本語\n🙂",
+          "sentences": "\n".join(synthetic_sentences(30, seed=9)) + "\n", "mixed": mixed_text()}
+
+
+@pytest.fixture(scope="module")
+def gru(gru_run) -> TextVAE:
+    return TextVAE.from_pretrained(gru_run)
+
+
+@pytest.fixture(scope="module")
+def transformer(transformer_run) -> TextVAE:
+    return TextVAE.from_pretrained(transformer_run)
+
+
+@pytest.fixture(scope="module", params=["gru", "transformer"])
+def vae(request) -> TextVAE:
+    return request.getfixturevalue(request.param)
+
+
+@pytest.mark.parametrize("name", INPUTS)
+def test_round_trip_is_byte_exact(vae, name):
+    text = INPUTS[name]
+    data = vae.compress(text)
+    assert vae.decompress(data) == text
+
+
+@pytest.mark.parametrize("lanes", [1, 2, 7, 64])
+def test_round_trip_for_any_lane_count(vae, lanes):
+    text = mixed_text()
+    assert vae.decompress(vae.compress(text, lanes=lanes)) == text
+
+
+def test_lines_take_the_model_path_or_the_escape(gru):
+    lines, final_newline = split_lines(mixed_text())
+    assert not final_newline and lines[-1] == "no final newline"
+    flags, tokens = classify(gru, lines)
+    assert flags[:30] == [4] * 12 + [1] * 12 + [2] * 6  # " x ", "x", " x"
+    assert all(flag == 0 for flag, line in zip(flags, lines) if not line.strip() or "zebra" in line or "\t" in line
+               or "  " in line or "<eos>" in line or "\r" in line or len(line.split()) > gru.max_words)
+    assert all((flag == 0) == (ids is None) for flag, ids in zip(flags, tokens))
+
+
+def test_model_lines_cost_about_their_elbo(gru):
+    """Bits-back pays about the negative ELBO: within 10% plus the header and the lanes' start-up."""
+    sentences = synthetic_sentences(200, seed=11)
+    text = "\n".join(sentences) + "\n"
+    data = gru.compress(text, lanes=4)
+    nll, _ = gru.score(sentences, iw_samples=1)
+    elbo_bits = float(nll.sum()) / math.log(2)
+    assert 8 * len(data) < 1.1 * elbo_bits + 8 * 100 + 4 * 64
+    assert len(data) < len(zlib.compress(text.encode(), 9))
+
+
+def test_header_magic_version_and_fingerprint(gru, gru_run):
+    data = gru.compress("the cat saw the ball\n")
+    assert data[:4] == MAGIC and data[4] == FORMAT_VERSION
+    assert data[5:37] == fingerprint(gru) == fingerprint(TextVAE.from_pretrained(gru_run))
+    assert zlib.crc32(b"the cat saw the ball\n") == int.from_bytes(data[40:44], "little")
+
+
+def test_another_model_is_refused(gru, transformer):
+    data = gru.compress(mixed_text())
+    with pytest.raises(UserError, match="another model"):
+        transformer.decompress(data)
+
+
+@pytest.mark.parametrize("damage", ["truncate", "truncate header", "append", "flip payload", "flip late payload",
+                                    "flip header", "empty", "not a stream"])
+def test_damaged_stream_is_refused(gru, damage):
+    data = bytearray(gru.compress(mixed_text()))
+    if damage == "truncate":
+        data = data[:-4]
+    elif damage == "truncate header":
+        data = data[:40]
+    elif damage == "append":
+        data += b"\0\0\0\1"
+    elif damage == "flip payload":
+        data[120] ^= 0x01
+    elif damage == "flip late payload":
+        data[len(data) // 2] ^= 0x40
+    elif damage == "flip header":
+        data[44] ^= 0x01
+    elif damage == "empty":
+        data = b""
+    else:
+        data = b"hello world, this is plain text and no compressed stream at all" * 3
+    with pytest.raises(UserError) as error:
+        gru.decompress(bytes(data))
+    assert "\n" not in str(error.value)
+
+
+def test_every_single_bit_flip_in_a_small_stream_is_caught(gru):
+    data = gru.compress("the cat saw the ball\n the old man liked a red car \n\nzebra\n", lanes=2)
+    for position in range(len(data)):
+        damaged = bytearray(data)
+        damaged[position] ^= 1 << (position % 8)
+        with pytest.raises(UserError):
+            gru.decompress(bytes(damaged))
+
+
+_CODE = """
+import sys, torch
+torch.set_num_threads(int(sys.argv[1]))
+from textvae import TextVAE
+vae = TextVAE.from_pretrained(sys.argv[2])
+if sys.argv[3] == "compress":
+    text = open(sys.argv[4], encoding="utf-8", newline="").read()
+    open(sys.argv[5], "wb").write(vae.compress(text, lanes=int(sys.argv[6])))
+else:
+    open(sys.argv[5], "w", encoding="utf-8", newline="").write(vae.decompress(open(sys.argv[4], "rb").read()))
+"""
+
+
+def _in_process(*args) -> None:
+    result = subprocess.run([sys.executable, "-c", _CODE, *map(str, args)], capture_output=True, text=True,
+                            cwd=REPO, timeout=120)
+    assert result.returncode == 0, result.stderr[-2000:]
+
+
+@pytest.mark.parametrize("run", ["gru_run", "transformer_run"])
+def test_deterministic_across_processes_and_threads(request, run, tmp_path):
+    """Compress with 1 torch thread and with 2 in separate processes: the same bytes; each
+    decompresses in a third process with the other thread count."""
+    model = request.getfixturevalue(run)
+    source = tmp_path / "in.txt"
+    source.write_bytes(mixed_text().encode("utf-8"))
+    _in_process(1, model, "compress", source, tmp_path / "one.tvz", 5)
+    _in_process(2, model, "compress", source, tmp_path / "two.tvz", 5)
+    assert (tmp_path / "one.tvz").read_bytes() == (tmp_path / "two.tvz").read_bytes()
+    _in_process(2, model, "decompress", tmp_path / "one.tvz", tmp_path / "out.txt", 0)
+    assert (tmp_path / "out.txt").read_bytes() == source.read_bytes()
+    assert torch.get_num_threads() == 1  # coding restores the caller's thread count
+
+
+def test_cli_compress_decompress(gru_run, tmp_path):
+    source = tmp_path / "in.txt"
+    source.write_bytes(mixed_text().encode("utf-8"))
+    model = ["--model", str(gru_run)]
+    result = run_cli(["compress", str(source), "-o", "in.tvz", *model], cwd=tmp_path)
+    assert result.returncode == 0, result.stderr
+    assert "bits per character" in result.stderr
+    result = run_cli(["decompress", "in.tvz", "-o", "out.txt", *model], cwd=tmp_path)
+    assert result.returncode == 0, result.stderr
+    assert (tmp_path / "out.txt").read_bytes() == source.read_bytes()
+    piped = subprocess.run([sys.executable, "-m", "textvae.cli", "decompress", "in.tvz", *model], cwd=tmp_path,
+                           capture_output=True, timeout=120)
+    assert piped.returncode == 0 and piped.stdout == source.read_bytes()
+
+
+def test_cli_errors_are_one_line_and_keep_existing_output(gru_run, tmp_path):
+    model = ["--model", str(gru_run)]
+    (tmp_path / "bad.txt").write_bytes(b"fine line\nbad \xff byte\n")
+    (tmp_path / "keep.tvz").write_bytes(b"previous")
+    result = run_cli(["compress", "bad.txt", "-o", "keep.tvz", *model], cwd=tmp_path)
+    assert result.returncode == 2
+    assert result.stderr.strip().splitlines() == ["textvae: error: bad.txt line 2 is not valid UTF-8 (byte 0xff)"]
+    assert (tmp_path / "keep.tvz").read_bytes() == b"previous"
+    (tmp_path / "good.txt").write_text("the cat saw the ball\n")
+    assert run_cli(["compress", "good.txt", "-o", "good.tvz", *model], cwd=tmp_path).returncode == 0
+    (tmp_path / "cut.tvz").write_bytes((tmp_path / "good.tvz").read_bytes()[:-2])
+    (tmp_path / "keep.txt").write_text("previous")
+    result = run_cli(["decompress", "cut.tvz", "-o", "keep.txt", *model], cwd=tmp_path)
+    assert result.returncode == 2 and len(result.stderr.strip().splitlines()) == 1
+    assert "truncated" in result.stderr
+    assert (tmp_path / "keep.txt").read_text() == "previous"
+    result = run_cli(["decompress", "missing.tvz", *model], cwd=tmp_path)
+    assert result.returncode == 2 and "not found" in result.stderr
+
+
+@pytest.mark.parametrize("bits", [1, 3, 8, 12])
+def test_quantised_codes_round_trip(bits):
+    codes = torch.randn(50, 7, generator=torch.Generator().manual_seed(0))
+    packed = quantize_codes(codes, bits)
+    assert packed.dtype == np.uint8 and packed.shape == (50, math.ceil(7 * bits / 8))
+    restored = dequantize_codes(packed, bits, 7)
+    assert restored.shape == codes.shape and restored.dtype == torch.float32
+    # Same bin under the prior's CDF: |Phi(restored) - Phi(code)| is at most half a bin.
+    normal = torch.distributions.Normal(0.0, 1.0)
+    assert (normal.cdf(restored) - normal.cdf(codes)).abs().max() <= 0.5 / 2**bits + 1e-6
+    assert torch.equal(dequantize_codes(quantize_codes(restored, bits), bits, 7), restored)
+
+
+def test_cli_encode_bits_and_decode(gru_run, tmp_path):
+    sentences = synthetic_sentences(5, seed=3)
+    (tmp_path / "in.txt").write_text("\n".join(sentences) + "\n")
+    model = ["--model", str(gru_run)]
+    result = run_cli(["encode", "in.txt", "--out", "codes.npy", "--bits", "6", *model], cwd=tmp_path)
+    assert result.returncode == 0, result.stderr
+    archive = np.load(tmp_path / "codes.npy")
+    assert int(archive["bits"]) == 6 and archive["packed"].shape == (5, 6)  # 8 dims x 6 bits = 6 bytes
+    result = run_cli(["decode", "codes.npy", *model], cwd=tmp_path)
+    assert result.returncode == 0, result.stderr
+    assert len(result.stdout.splitlines()) == 5
+    result = run_cli(["encode", "in.txt", "--out", "x.npy", "--bits", "0", *model], cwd=tmp_path)
+    assert result.returncode == 2 and "--bits" in result.stderr

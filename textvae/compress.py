@@ -1,0 +1,449 @@
+"""Lossless compression of any UTF-8 text with a trained TextVAE: bits-back ANS coding (BB-ANS,
+Townsend, Bird & Barber 2019) through `constriction`'s stack coder; plus the B-bit quantiser of
+`textvae encode --bits`.
+
+How a line is coded. The text is cut at "\\n" (whether it ends with one is a header bit). A line
+whose tokens decode back to it exactly (`decode_ids(encode(line))`, at most `max_words` tokens,
+optionally with one leading and/or one trailing space, as in PTB's files) takes the model path,
+in BB-ANS order: pop z from the stack with the discretised posterior q(z|x), push the tokens
+with p(x|z) (the decoder run step by step, exactly as the decompressor runs it), push z with the
+discretised prior. The net cost is -log p(x|z) - log p(z) + log q(z|x) bits, the negative ELBO
+for that z. Every other line (unknown words, other spacing, empty lines, tabs, unicode the
+vocabulary lacks) takes the escape path: its UTF-8 bytes and an end symbol under an adaptive
+byte model (order-1 counts with the previous byte of the line as context, mixed with adaptive
+order-0 counts, shared across the file). A per-line flag (escape, or one of the four spacing
+forms) is coded with the empirical flag frequencies stored in the header.
+
+Latent discretisation. Both q(z|x) and the prior N(0, I) are `QuantizedGaussian`s over the
+integers in [-z_range * 2^grid, z_range * 2^grid]: z is coded in units of delta = 2^-grid
+(default 2^-8) on [-8, 8]. With bins this fine against the posterior widths, P(bin) is density
+times delta for both distributions, the deltas cancel in the bits-back difference, and what is
+left over the ELBO is the discretisation error (measured by scripts/bench_compress.py).
+
+Lanes, not one chain. Bits-back chains are sequential, so the file is dealt into `lanes`
+contiguous runs of lines (default 64) that are coded in lockstep rounds on ONE interleaved stack:
+round r holds line r of every lane, and every model call of a round runs on a batch of exactly
+`lanes` rows (rows without a model line get a fixed dummy), so the decompressor, which sees the
+same header, batches across lanes and computes bit-identical probabilities. The first line of
+each lane has nothing to pop z from (an empty stack gives z at the edge of the range), so it is
+coded with z = 0 and no bits back: that is the per-lane start-up overhead, -log p(x|z=0) minus
+the line's ELBO, a few nats per lane for a model with a small KL.
+
+Determinism. Compressor and decompressor must compute identical float32 probabilities: no
+autocast (bf16 is never used here), the same step-by-step decoder calls on both sides (never
+teacher forcing), the same batch shapes, and on a CPU one torch thread while coding (MKL's
+results change with the thread count). Probabilities are quantised by constriction. A stream is
+tied to the model (sha256 over its weights and vocabulary) and to the device kind (cpu/cuda)
+it was made on; both are in the header and checked.
+
+Format (version 1), little-endian:
+
+    magic "TVBB", version u8, fingerprint 32 bytes, device u8 (0 cpu, 1 cuda), grid u8,
+    z_range u8, crc32 of the original UTF-8 bytes u32, their length u64, lines u32, lanes u32,
+    ends-with-newline u8, flag counts 5 x u32 (escape, plain, " x", "x ", " x "), words u64,
+    crc32 of the header so far u32; then `words` u32 words of the ANS stack.
+
+A damaged or truncated stream, or another model, is a `UserError` (one line, exit 2 in the CLI),
+never wrong text: the header has its own checksum, decoding checks every bound it relies on,
+the stack must end exactly empty, and the result must match the stored crc32 and length.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import json
+import math
+import struct
+import zlib
+from typing import TYPE_CHECKING
+
+import numpy as np
+import torch
+
+from textvae.errors import UserError
+from textvae.tokenizer import BOS_ID, EOS_ID, PAD_ID, decode_ids, encode_batch, pad_batch
+
+if TYPE_CHECKING:
+    from textvae.api import TextVAE
+
+MAGIC = b"TVBB"
+FORMAT_VERSION = 1
+LANES = 64  # lines coded in lockstep: the decompressor's batch size
+GRID = 8  # latent bin width 2^-GRID
+Z_RANGE = 8  # latent values coded on [-Z_RANGE, Z_RANGE]
+ESCAPE = 0
+FORMS = ("{}", " {}", "{} ", " {} ")  # flags 1..4: spacing of a model-path line around its tokens
+END = 256  # the byte model's end-of-line symbol
+LINE_START = 256  # the byte model's context at the start of a line
+ORDER0_WEIGHT = 2.0  # pseudo-counts an order-1 context starts with, spread like the order-0 counts
+_HEADER = struct.Struct("<4sB32sBBBIQIIB5IQ")
+HEADER_SIZE = _HEADER.size + 4
+_DEVICES = {"cpu": 0, "cuda": 1}
+
+
+def fingerprint(vae: "TextVAE") -> bytes:
+    """sha256 over the weights (name, dtype, shape, bytes, in name order) and the vocabulary."""
+    digest = hashlib.sha256()
+    for name, tensor in sorted(vae.model.state_dict().items()):
+        tensor = tensor.detach().cpu().contiguous()
+        digest.update(f"{name}:{tensor.dtype}:{tuple(tensor.shape)};".encode())
+        digest.update(tensor.reshape(-1).view(torch.uint8).numpy().tobytes())
+    digest.update(json.dumps(sorted(vae.tokenizer.get_vocab().items())).encode())
+    return digest.digest()
+
+
+def compress(vae: "TextVAE", text: str, lanes: int = LANES) -> bytes:
+    """`text` as a self-checking bits-back stream for this model (see the module docstring)."""
+    if not isinstance(text, str):
+        raise TypeError(f"compress takes a str, got {type(text).__name__}")
+    if lanes < 1:
+        raise UserError(f"lanes must be at least 1, got {lanes}")
+    raw = text.encode("utf-8")
+    lines, final_newline = split_lines(text)
+    flags, tokens = classify(vae, lines)
+    layout = Layout(len(lines), min(lanes, len(lines)))
+    counts = [flags.count(flag) for flag in range(len(FORMS) + 1)]
+    coder = _Coder(vae, counts, GRID, Z_RANGE)
+    escaped = [list(line.encode("utf-8")) if flag == ESCAPE else None for line, flag in zip(lines, flags)]
+    for symbols in escaped:
+        if symbols is not None:
+            coder.bytes.add(symbols, +1)
+    with coder.computing():
+        for round_ in range(layout.rounds):
+            coder.push_round(layout, round_, flags, tokens, escaped)
+    words = coder.ans.get_compressed().astype("<u4")
+    header = _HEADER.pack(MAGIC, FORMAT_VERSION, fingerprint(vae), _device_code(vae), GRID, Z_RANGE,
+                          zlib.crc32(raw), len(raw), len(lines), layout.lanes, final_newline, *counts, len(words))
+    return header + struct.pack("<I", zlib.crc32(header)) + words.tobytes()
+
+
+def decompress(vae: "TextVAE", data: bytes) -> str:
+    """The text `compress` was given; a `UserError` for another model or a damaged stream."""
+    data = bytes(data)
+    if data[:4] != MAGIC[: len(data)] or not data:
+        raise UserError("not a textvae compressed stream (no TVBB magic)")
+    if len(data) < HEADER_SIZE:
+        raise UserError(f"compressed stream is truncated ({len(data)} bytes, shorter than its header)")
+    fields = _HEADER.unpack_from(data)
+    if fields[1] != FORMAT_VERSION:
+        raise UserError(f"compressed stream has format version {fields[1]}, this textvae reads {FORMAT_VERSION}")
+    if struct.unpack_from("<I", data, _HEADER.size)[0] != zlib.crc32(data[: _HEADER.size]):
+        raise UserError("compressed stream is corrupted (header checksum mismatch)")
+    _, _, stored_print, device, grid, z_range, crc, size, n_lines, lanes, final_newline, *rest = fields
+    counts, n_words = list(rest[:5]), rest[5]
+    if stored_print != fingerprint(vae):
+        raise UserError(f"compressed stream was made with another model (fingerprint {stored_print.hex()[:16]}, "
+                        f"this model is {fingerprint(vae).hex()[:16]}); decompress with the same model")
+    if device != _device_code(vae):
+        names = {code: name for name, code in _DEVICES.items()}
+        raise UserError(f"compressed stream was made on {names.get(device, device)}; decompress it on the same "
+                        f"kind of device (probabilities differ between devices)")
+    if len(data) != HEADER_SIZE + 4 * n_words:
+        raise UserError(f"compressed stream is truncated or has trailing bytes ({len(data)} bytes, header says "
+                        f"{HEADER_SIZE + 4 * n_words})")
+    if sum(counts) != n_lines or lanes > n_lines or (n_lines and not lanes) or grid > 16 or not z_range:
+        raise UserError("compressed stream is corrupted (inconsistent header)")
+    coder = _Coder(vae, counts, grid, z_range, size)
+    try:
+        coder.ans = _ans_coder(np.frombuffer(data, dtype="<u4", offset=HEADER_SIZE).astype(np.uint32))
+        layout = Layout(n_lines, lanes)
+        lines: list[str | None] = [None] * n_lines
+        with coder.computing():
+            for round_ in reversed(range(layout.rounds)):
+                coder.pop_round(layout, round_, lines)
+        if not coder.ans.is_empty():
+            raise _Corrupt
+    except (_Corrupt, ValueError, OverflowError):
+        raise UserError("compressed stream is corrupted (it does not decode)") from None
+    text = "\n".join(lines) + ("\n" if final_newline else "")
+    raw = text.encode("utf-8")
+    if len(raw) != size or zlib.crc32(raw) != crc:
+        raise UserError("compressed stream is corrupted (checksum of the decoded text does not match)")
+    return text
+
+
+def split_lines(text: str) -> tuple[list[str], bool]:
+    """Lines of `text` (cut at "\\n" only) and whether it ends with "\\n"; joins back exactly."""
+    if not text:
+        return [], False
+    lines = text.split("\n")
+    final_newline = lines[-1] == ""
+    if final_newline:
+        lines.pop()
+    return lines, final_newline
+
+
+def classify(vae: "TextVAE", lines: list[str]) -> tuple[list[int], list[list[int] | None]]:
+    """Per line: its flag (ESCAPE or the 1-based FORMS index) and, on the model path, its token ids."""
+    ids = encode_batch(vae.tokenizer, lines)
+    flags, tokens = [], []
+    for line, line_ids, canonical in zip(lines, ids, decode_ids(vae.tokenizer, ids)):
+        flag = ESCAPE
+        if line_ids and canonical and len(line_ids) <= vae.max_words:
+            flag = next((index for index, form in enumerate(FORMS, 1) if form.format(canonical) == line), ESCAPE)
+        flags.append(flag)
+        tokens.append(line_ids if flag != ESCAPE else None)
+    return flags, tokens
+
+
+class _Corrupt(Exception):
+    """The stream decodes to something impossible (caught and reported as a UserError)."""
+
+
+def _ans_coder(words: np.ndarray):
+    import constriction
+
+    return constriction.stream.stack.AnsCoder(words)
+
+
+def _device_code(vae: "TextVAE") -> int:
+    return _DEVICES.get(vae.device.type, 255)
+
+
+class Layout:
+    """Lines dealt into `lanes` contiguous runs (the first `lines % lanes` one longer)."""
+
+    def __init__(self, lines: int, lanes: int):
+        self.lanes = lanes
+        base, extra = divmod(lines, lanes) if lanes else (0, 0)
+        self.sizes = [base + (lane < extra) for lane in range(lanes)]
+        self.starts = np.cumsum([0, *self.sizes[:-1]]).tolist() if lanes else []
+        self.rounds = max(self.sizes, default=0)
+
+    def round(self, round_: int) -> list[tuple[int, int]]:
+        """(lane, line number) of each lane that has a line in this round."""
+        return [(lane, self.starts[lane] + round_) for lane in range(self.lanes) if round_ < self.sizes[lane]]
+
+
+class _ByteModel:
+    """Adaptive byte model of escaped lines: order-1 counts (context: the previous byte of the
+    line, LINE_START at its start) plus ORDER0_WEIGHT pseudo-counts spread like the adaptive
+    order-0 counts. Counts are integers held in float64, so adding and removing are exact and
+    both sides compute identical rows."""
+
+    def __init__(self):
+        self.order1 = np.zeros((257, 257))
+        self.order0 = np.zeros(257)
+
+    def row(self, context: int) -> np.ndarray:
+        order0 = (self.order0 + 0.5) / (self.order0.sum() + 0.5 * 257)
+        return self.order1[context] + ORDER0_WEIGHT * order0
+
+    def add(self, symbols: list[int], sign: int) -> None:
+        """Count (sign +1) or uncount (-1) a line's bytes (END is appended here)."""
+        for context, symbol in zip([LINE_START, *symbols], [*symbols, END]):
+            self.order1[context, symbol] += sign
+            self.order0[symbol] += sign
+
+    def rows(self, symbols: list[int]) -> np.ndarray:
+        """The row each symbol of a line is coded with (updating as the decoder will), (n + 1, 257)."""
+        rows = []
+        for context, symbol in zip([LINE_START, *symbols], [*symbols, END]):
+            rows.append(self.row(context))
+            self.order1[context, symbol] += 1
+            self.order0[symbol] += 1
+        return np.stack(rows)
+
+
+class _Coder:
+    """One stack, the models and their constriction counterparts; `push_round` and `pop_round` are
+    exact mirror images, step for step."""
+
+    def __init__(self, vae: "TextVAE", counts: list[int], grid: int, z_range: int, max_bytes: int | None = None):
+        import constriction
+
+        models = constriction.stream.model
+        self.vae, self.model = vae, vae.model
+        self.ans = constriction.stream.stack.AnsCoder()
+        self.scale = float(2**grid)
+        self.limit = z_range * 2**grid
+        self.prior = models.QuantizedGaussian(-self.limit, self.limit, 0.0, self.scale)
+        self.gaussian = models.QuantizedGaussian(-self.limit, self.limit)
+        self.categorical = models.Categorical(perfect=False)
+        frequencies = np.asarray(counts, dtype=np.float64) if sum(counts) else np.ones(len(counts))
+        self.flag_model = models.Categorical(frequencies, perfect=False)
+        self.bytes = _ByteModel()
+        self.max_bytes = max_bytes  # decompressing: the decoded text's length from the header
+
+    @contextlib.contextmanager
+    def computing(self):
+        """No gradients, eval mode, float32, and on a CPU one thread (MKL's sums depend on it)."""
+        threads = torch.get_num_threads()
+        if self.vae.device.type == "cpu":
+            torch.set_num_threads(1)
+        try:
+            with torch.no_grad(), torch.autocast(self.vae.device.type, enabled=False):
+                yield
+        finally:
+            torch.set_num_threads(threads)
+
+    # ------------------------------------------------------------------------- model pieces
+    def _posterior(self, rows: list[list[int] | None]) -> tuple[np.ndarray, np.ndarray]:
+        """Mean and std of q(z|x) in bin units, (lanes, D) float64, from the encoder run on all
+        lanes at once (rows without a model line read `<bos> <eos>`)."""
+        framed = [[BOS_ID, *ids, EOS_ID] if ids is not None else [BOS_ID, EOS_ID] for ids in rows]
+        mean, logvar = self.model.encode(pad_batch(framed).to(self.vae.device))
+        mean = (mean.float() * self.scale).clamp(-self.limit, self.limit)  # (L, D)
+        std = (torch.exp(0.5 * logvar.float()) * self.scale).clamp(1e-2, 1e6)  # (L, D)
+        return mean.cpu().double().numpy(), std.cpu().double().numpy()
+
+    def _step_probabilities(self, features: torch.Tensor) -> np.ndarray:
+        logits = self.model.logits(features).float()  # (L, V)
+        logits[:, [PAD_ID, BOS_ID]] = float("-inf")
+        return logits.softmax(-1).cpu().numpy()
+
+    def _codes(self, lane_symbols: dict[int, np.ndarray], lanes: int) -> torch.Tensor:
+        z = torch.zeros(lanes, self.model.config.latent_dim)
+        for lane, symbols in lane_symbols.items():
+            z[lane] = torch.from_numpy(symbols.astype(np.float32)) / self.scale
+        return z.to(self.vae.device)
+
+    # -------------------------------------------------------------------------- compressing
+    def push_round(self, layout: Layout, round_: int, flags, tokens, escaped) -> None:
+        present = layout.round(round_)
+        model_lanes = [(lane, line) for lane, line in present if flags[line] != ESCAPE]
+        for lane, line in present:
+            if flags[line] == ESCAPE:
+                self.bytes.add(escaped[line], -1)  # the decoder has not seen this round yet
+        # 5'. bits back: pop each model line's z with its posterior (the first round has no bits to pop)
+        rows: list[list[int] | None] = [None] * layout.lanes
+        for lane, line in model_lanes:
+            rows[lane] = tokens[line]
+        codes: dict[int, np.ndarray] = {}
+        if model_lanes and round_ > 0:
+            mean, std = self._posterior(rows)
+            picked = [lane for lane, _ in model_lanes]
+            symbols = self.ans.decode(self.gaussian, mean[picked].ravel(), std[picked].ravel())
+            codes = dict(zip(picked, symbols.reshape(len(picked), -1)))
+        # 4'. the tokens under p(x|z), from the same step-by-step decoder calls the decompressor makes
+        if model_lanes:
+            targets = {lane: [*tokens[line], EOS_ID] for lane, line in model_lanes}
+            state = self.model.decoder.start(self._codes(codes, layout.lanes))
+            token = torch.full((layout.lanes,), BOS_ID, dtype=torch.long)
+            step_rows, step_symbols = [], []
+            for step in range(max(len(target) for target in targets.values())):
+                features, state = self.model.decoder.step(token.to(self.vae.device), state)
+                probabilities = self._step_probabilities(features)
+                alive = [lane for lane, target in targets.items() if step < len(target)]
+                step_rows.append(probabilities[alive])
+                step_symbols.extend(targets[lane][step] for lane in alive)
+                token = torch.full((layout.lanes,), PAD_ID, dtype=torch.long)
+                token[alive] = torch.tensor([targets[lane][step] for lane in alive])
+            self.ans.encode_reverse(np.asarray(step_symbols, dtype=np.int32), self.categorical,
+                                    np.concatenate(step_rows))
+        # 3'. z under the prior
+        if codes:
+            self.ans.encode_reverse(np.concatenate([codes[lane] for lane, _ in model_lanes]).astype(np.int32),
+                                    self.prior)
+        # 2'. escaped lines under the byte model, rows in the decoder's order
+        byte_rows, byte_symbols = [], []
+        for lane, line in present:
+            if flags[line] == ESCAPE:
+                byte_rows.append(self.bytes.rows(escaped[line]))
+                byte_symbols.extend([*escaped[line], END])
+        for lane, line in present:
+            if flags[line] == ESCAPE:
+                self.bytes.add(escaped[line], -1)
+        if byte_rows:
+            self.ans.encode_reverse(np.asarray(byte_symbols, dtype=np.int32), self.categorical,
+                                    np.concatenate(byte_rows))
+        # 1'. the flags, popped first
+        self.ans.encode_reverse(np.asarray([flags[line] for _, line in present], dtype=np.int32), self.flag_model)
+
+    # ------------------------------------------------------------------------ decompressing
+    def pop_round(self, layout: Layout, round_: int, lines: list[str | None]) -> None:
+        present = layout.round(round_)
+        flags = dict(zip((line for _, line in present), self.ans.decode(self.flag_model, len(present)).tolist()))
+        model_lanes = [(lane, line) for lane, line in present if flags[line] != ESCAPE]
+        for lane, line in present:
+            if flags[line] == ESCAPE:
+                lines[line] = self._pop_bytes()
+        codes: dict[int, np.ndarray] = {}
+        if model_lanes and round_ > 0:
+            symbols = self.ans.decode(self.prior, len(model_lanes) * self.model.config.latent_dim)
+            codes = dict(zip((lane for lane, _ in model_lanes), symbols.reshape(len(model_lanes), -1)))
+        if not model_lanes:
+            return
+        decoded: dict[int, list[int]] = {lane: [] for lane, _ in model_lanes}
+        state = self.model.decoder.start(self._codes(codes, layout.lanes))
+        token = torch.full((layout.lanes,), BOS_ID, dtype=torch.long)
+        alive = list(decoded)
+        for _ in range(self.vae.max_words + 1):
+            features, state = self.model.decoder.step(token.to(self.vae.device), state)
+            probabilities = self._step_probabilities(features)
+            symbols = self.ans.decode(self.categorical, probabilities[alive]).tolist()
+            if PAD_ID in symbols or BOS_ID in symbols:
+                raise _Corrupt
+            token = torch.full((layout.lanes,), PAD_ID, dtype=torch.long)
+            token[alive] = torch.tensor(symbols)
+            for lane, symbol in zip(alive, symbols):
+                decoded[lane].append(symbol)
+            alive = [lane for lane, symbol in zip(alive, symbols) if symbol != EOS_ID]
+            if not alive:
+                break
+        if alive:
+            raise _Corrupt
+        rows: list[list[int] | None] = [None] * layout.lanes
+        for lane, line in model_lanes:
+            rows[lane] = decoded[lane][:-1]
+        if codes:  # bits back: push z with the posterior of the line just decoded
+            mean, std = self._posterior(rows)
+            picked = [lane for lane, _ in model_lanes]
+            self.ans.encode_reverse(np.concatenate([codes[lane] for lane in picked]).astype(np.int32),
+                                    self.gaussian, mean[picked].ravel(), std[picked].ravel())
+        texts = decode_ids(self.vae.tokenizer, [rows[lane] for lane, _ in model_lanes])
+        for (lane, line), text in zip(model_lanes, texts):
+            lines[line] = FORMS[flags[line] - 1].format(text)
+
+    def _pop_bytes(self) -> str:
+        symbols, context = [], LINE_START
+        while True:
+            row = self.bytes.row(context)
+            symbol = int(self.ans.decode(self.categorical, row[None])[0])
+            self.bytes.order1[context, symbol] += 1
+            self.bytes.order0[symbol] += 1
+            if symbol == END:
+                break
+            symbols.append(symbol)
+            context = symbol
+            if self.max_bytes is not None and len(symbols) > self.max_bytes:
+                raise _Corrupt
+        try:
+            return bytes(symbols).decode("utf-8")
+        except UnicodeDecodeError:
+            raise _Corrupt from None
+
+
+# ----------------------------------------------------------------------- lossy codes (encode --bits)
+def quantize_codes(codes: torch.Tensor, bits: int) -> np.ndarray:
+    """Codes (n, D) to `bits`-bit integers per dimension, packed into (n, ceil(D*bits/8)) bytes.
+
+    The quantiser has equal-mass bins under the prior N(0, 1): u = Phi(z) is cut into 2^bits
+    equal intervals, so every level is used equally often by codes that follow the prior, and
+    `dequantize_codes` returns each bin's median, Phi^-1((k + 1/2) / 2^bits)."""
+    check_bits(bits)
+    normal = torch.distributions.Normal(0.0, 1.0)
+    levels = 2**bits
+    index = (normal.cdf(codes.double()) * levels).floor().clamp(0, levels - 1).long().numpy()  # (n, D)
+    bit_planes = (index[..., None] >> np.arange(bits - 1, -1, -1)) & 1  # (n, D, bits), most significant first
+    return np.packbits(bit_planes.reshape(index.shape[0], -1).astype(np.uint8), axis=1)
+
+
+def dequantize_codes(packed: np.ndarray, bits: int, latent_dim: int) -> torch.Tensor:
+    """Float32 codes (n, D) back from `quantize_codes`' bytes: each bin's median under the prior."""
+    check_bits(bits)
+    packed = np.asarray(packed, dtype=np.uint8)
+    if packed.ndim != 2 or packed.shape[1] != math.ceil(latent_dim * bits / 8):
+        raise UserError(f"quantised codes have shape {packed.shape}, expected (n, {math.ceil(latent_dim * bits / 8)}) "
+                        f"for {bits} bits x {latent_dim} dimensions")
+    bit_planes = np.unpackbits(packed, axis=1)[:, : latent_dim * bits].reshape(-1, latent_dim, bits)
+    index = (bit_planes.astype(np.int64) << np.arange(bits - 1, -1, -1)).sum(-1)  # (n, D)
+    normal = torch.distributions.Normal(0.0, 1.0)
+    return normal.icdf((torch.from_numpy(index).double() + 0.5) / 2**bits).float()
+
+
+def check_bits(bits: int) -> int:
+    if not 1 <= bits <= 16:
+        raise UserError(f"--bits must be between 1 and 16, got {bits}")
+    return bits
