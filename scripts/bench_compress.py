@@ -1,0 +1,124 @@
+"""Bits-back compression against the standard compressors, measured in the same run; one JSON line.
+
+    python scripts/bench_compress.py --model runs/ptb [--raw FILE] [--lanes 64]
+
+For PTB test and one raw-text file (default: the GPL-3 text in /usr/share/common-licenses):
+size, bits per character (Unicode characters) and per whitespace word, gzip -9, bzip2 -9,
+xz -9e and zstd -19 on the same bytes, compress and decompress throughput (KB = 1000 bytes of
+input text), and whether the round trip was exact. For the lines that take the model path it
+also gives the model's negative ELBO in bits (rec with one z ~ q(z|x) plus the analytic KL,
+summed over those lines) and how far the stream is above it, split into the header, the lanes'
+start-up (their first lines are coded with z = 0 and no bits back: -log p(x|0) minus the ELBO)
+and the rest (latent discretisation, flags, constriction's fixed-point probabilities and the
+one-sample noise of the ELBO estimate). Coding always runs on one torch thread (compress.py).
+"""
+
+from __future__ import annotations
+
+import argparse
+import bz2
+import gzip
+import json
+import lzma
+import math
+import shutil
+import subprocess
+import time
+from pathlib import Path
+
+import torch
+
+from benchlib import machine
+from textvae.api import TextVAE
+from textvae.compress import HEADER_SIZE, Layout, classify, fingerprint, split_lines
+from textvae.evaluate import score_ids
+from textvae.tokenizer import frame, pad_batch
+
+
+def zstd_size(raw: bytes) -> tuple[int | None, str]:
+    try:
+        import zstandard
+
+        return len(zstandard.ZstdCompressor(level=19).compress(raw)), f"zstandard {zstandard.__version__}"
+    except ImportError:
+        pass
+    if shutil.which("zstd"):
+        out = subprocess.run(["zstd", "-19", "-c"], input=raw, capture_output=True, check=True).stdout
+        return len(out), "zstd command"
+    return None, "zstd unavailable (no zstandard package, no zstd command)"
+
+
+@torch.no_grad()
+def model_line_costs(vae: TextVAE, text: str, lanes: int) -> dict:
+    """Negative ELBO (bits) of the model-path lines, and the lanes' start-up cost over it."""
+    lines, _ = split_lines(text)
+    flags, tokens = classify(vae, lines)
+    ids = [frame(t) for t in tokens if t is not None]
+    if not ids:
+        return {"model_lines": 0, "escaped_lines": len(lines)}
+    scores = score_ids(vae, ids, iw_samples=1, seed=0)
+    elbo = scores.rec + scores.kl  # (N,) nats
+    layout = Layout(len(lines), min(lanes, len(lines)))
+    model_index = {line: index for index, line in enumerate(i for i, f in enumerate(flags) if f)}
+    first = [model_index[start] for start in layout.starts if start in model_index]
+    startup = 0.0
+    if first:
+        batch = pad_batch([ids[i] for i in first])
+        rec_at_zero = vae.model.reconstruction_nll(batch, torch.zeros(len(first), vae.latent_dim))
+        startup = float((rec_at_zero - elbo[first]).sum())
+    return {"model_lines": len(ids), "escaped_lines": len(lines) - len(ids),
+            "elbo_bits": float(elbo.sum()) / math.log(2), "elbo_nats_per_line": float(elbo.mean()),
+            "startup_bits": startup / math.log(2)}
+
+
+def measure(vae: TextVAE, path: Path, lanes: int) -> dict:
+    raw = path.read_bytes()
+    text = raw.decode("utf-8")
+    start = time.perf_counter()
+    data = vae.compress(text, lanes=lanes)
+    compress_s = time.perf_counter() - start
+    start = time.perf_counter()
+    restored = vae.decompress(data)
+    decompress_s = time.perf_counter() - start
+    bits = 8 * len(data)
+    result = {"file": str(path), "bytes": len(raw), "characters": len(text), "words": len(text.split()),
+              "compressed_bytes": len(data), "bits_per_char": bits / len(text), "bits_per_word": bits / len(text.split()),
+              "compress_kb_s": len(raw) / 1000 / compress_s, "decompress_kb_s": len(raw) / 1000 / decompress_s,
+              "exact": restored == text}
+    costs = model_line_costs(vae, text, lanes)
+    result.update(costs)
+    if costs.get("escaped_lines") == 0:
+        header = 8 * HEADER_SIZE
+        result["overhead_percent"] = 100 * (bits - costs["elbo_bits"]) / costs["elbo_bits"]
+        result["overhead_split_percent"] = {
+            "header": 100 * header / costs["elbo_bits"], "lane_startup": 100 * costs["startup_bits"] / costs["elbo_bits"],
+            "rest": 100 * (bits - header - costs["startup_bits"] - costs["elbo_bits"]) / costs["elbo_bits"]}
+    baselines = {"gzip_9": len(gzip.compress(raw, 9, mtime=0)), "bzip2_9": len(bz2.compress(raw, 9)),
+                 "xz_9e": len(lzma.compress(raw, preset=9 | lzma.PRESET_EXTREME))}
+    baselines["zstd_19"], result["zstd_note"] = zstd_size(raw)
+    result["baselines_bits_per_char"] = {name: None if size is None else 8 * size / len(text)
+                                         for name, size in baselines.items()}
+    result["vs_bzip2"] = baselines["bzip2_9"] / len(data)
+    return result
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--model", default="runs/latest", help="model or run directory")
+    parser.add_argument("--ptb", default="data/ptb/ptb.test.txt", help="PTB test file")
+    parser.add_argument("--raw", default="/usr/share/common-licenses/GPL-3", help="a raw-text file")
+    parser.add_argument("--lanes", type=int, default=64, help="lines coded in lockstep")
+    args = parser.parse_args()
+    vae = TextVAE.from_pretrained(args.model)
+    model_dir = Path(args.model)
+    run_json = model_dir / "run.json" if (model_dir / "run.json").is_file() else model_dir.parent / "run.json"
+    report = {"benchmark": "compress", "model": str(model_dir), "fingerprint": fingerprint(vae).hex()[:16],
+              "decoder": vae.config.model.decoder.type, "latent_dim": vae.latent_dim, "lanes": args.lanes,
+              "run": json.loads(run_json.read_text()) if run_json.is_file() else None,
+              "ptb_test": measure(vae, Path(args.ptb), args.lanes), "raw": measure(vae, Path(args.raw), args.lanes),
+              "machine": machine()}
+    print(json.dumps(report))
+
+
+if __name__ == "__main__":
+    main()
