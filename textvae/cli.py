@@ -214,14 +214,14 @@ def cmd_score(args, rest) -> None:
 
 
 def cmd_evaluate(args, rest) -> None:
-    from textvae.train import evaluate_model
+    from textvae.evaluate import evaluate_model
 
     metrics = evaluate_model(args.model, args.split, args.iw_samples, args.seed, args.precision)
     if args.json:
         print(json.dumps(metrics))
         return
     for key, value in metrics.items():
-        print(f"{key:<12} {value:.4f}" if isinstance(value, float) else f"{key:<12} {value}")
+        print(f"{key:<18} {value:.4f}" if isinstance(value, float) else f"{key:<18} {value}")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -302,7 +302,9 @@ def build_parser() -> argparse.ArgumentParser:
 
     score = commands.add_parser("score", parents=[common, model], help="per-line NLL; flag anomalies")
     score.add_argument("input", nargs="?", default="-", help="input file (- for stdin)")
-    score.add_argument("--iw-samples", type=int, default=100, help="importance samples K (1: single-sample ELBO)")
+    score.add_argument("--iw-samples", type=int, default=None,
+                       help="importance samples K (1: single-sample ELBO; default: the K of the model's stored "
+                            "validation quantiles, so --percentile compares like with like, else 100)")
     flag = score.add_mutually_exclusive_group()
     flag.add_argument("--threshold", type=float, default=None, help="flag lines above X nats per token")
     flag.add_argument("--percentile", type=float, default=None,
