@@ -6,7 +6,8 @@
 tokens_per_s counts predicted non-pad tokens (words + <eos>) of the timed steps; mfu is the
 achieved model FLOP/s over the fp32 matmul rate measured in the same run (mfu_bf16: over the
 bf16 rate). --unbucketed uses random padded batches; --both runs bucketed then unbucketed in
-one process and adds their ratio.
+one process and adds their ratio. With model.encoder.pretrained the FLOPs include the HF
+encoder's (benchlib.pretrained_encoder_flops_per_token: forward only when it is frozen).
 """
 
 from __future__ import annotations
@@ -20,7 +21,7 @@ import lightning as L
 import torch
 from lightning.pytorch.callbacks import Callback
 
-from benchlib import machine, matmul_gflops, model_flops_per_token, peak_rss_mb
+from benchlib import machine, matmul_gflops, model_flops_per_token, peak_rss_mb, pretrained_encoder_flops_per_token
 from textvae.config import load_config
 from textvae.data import load_corpus, make_loader
 from textvae.system import VAESystem
@@ -47,11 +48,12 @@ class StepTimer(Callback):
             self.end = time.perf_counter()
 
 
-def run(config, train_ids, vocab_size, steps: int, warmup: int, bucketed: bool) -> dict:
+def run(config, train_ids, tokenizer, steps: int, warmup: int, bucketed: bool) -> dict:
     L.seed_everything(config.seed, verbose=False)
     loader = make_loader(train_ids, config.data.batch_size, shuffle=True, seed=config.seed,
                          pool=config.data.bucket_pool if bucketed else 1)
-    system = VAESystem(config.to_dict(), vocab_size)
+    vocab_size = tokenizer.get_vocab_size()
+    system = VAESystem(config.to_dict(), vocab_size, tokenizer)
     timer = StepTimer(warmup)
     kwargs = config.trainer.lightning_kwargs()
     kwargs.update(max_steps=warmup + steps, max_epochs=-1, enable_progress_bar=False, logger=False,
@@ -61,6 +63,8 @@ def run(config, train_ids, vocab_size, steps: int, warmup: int, bucketed: bool) 
     seconds = timer.end - timer.start
     mean_length = sum(len(x) - 1 for x in train_ids) / len(train_ids)
     flops = model_flops_per_token(config.model, vocab_size, mean_length)
+    if config.model.encoder.pretrained is not None:
+        flops += pretrained_encoder_flops_per_token(system.model.encoder, train_ids)
     return {"bucketed": bucketed, "tokens_per_s": timer.tokens / seconds, "steps_per_s": steps / seconds,
             "padding_share": 1 - timer.real / timer.padded, "flops_per_token": flops,
             "model_gflops": flops * timer.tokens / seconds / 1e9}
@@ -76,11 +80,10 @@ def main(argv=None) -> None:
     args, overrides = parser.parse_known_args(argv)
     config = load_config(args.config, overrides)
     corpus, tokenizer = load_corpus(config.data, splits=("train",))
-    vocab_size = tokenizer.get_vocab_size()
     fp32 = matmul_gflops(torch.float32)
     bf16 = matmul_gflops(torch.bfloat16)
     modes = [True, False] if args.both else [not args.unbucketed]
-    results = [run(config, corpus["train"].ids, vocab_size, args.steps, args.warmup, mode) for mode in modes]
+    results = [run(config, corpus["train"].ids, tokenizer, args.steps, args.warmup, mode) for mode in modes]
     out = dict(results[0])
     out.update(config=args.config, overrides=overrides, precision=config.trainer.precision,
                batch_size=config.data.batch_size, steps=args.steps, matmul_gflops_fp32=fp32,

@@ -8,7 +8,9 @@ first on `sys.path`, so they `import benchlib`.
 out, and so are the per-sentence maps of z (a few per cent at most). tests/test_bench.py checks
 it against torch's own FLOP counter on the real model. `matmul_gflops` times large square
 `torch.matmul`s so that MFU (achieved model FLOP/s over the measured matmul rate) compares
-against what this machine can do, in the same run.
+against what this machine can do, in the same run. A pretrained encoder reads its own subword
+tokens, so `pretrained_encoder_flops_per_token` counts it from the loaded module and a sample of
+sentences (tests/test_pretrained.py checks it against torch's counter too).
 """
 
 from __future__ import annotations
@@ -66,6 +68,8 @@ def model_flops_per_token(config: ModelConfig, vocab_size: int, mean_length: flo
     encoder_positions = (mean_length + 1) / mean_length
     weights = encoder.layers * _transformer_layer_weights(encoder.width, encoder.feedforward) * encoder_positions
     attention = encoder.layers * 2 * 2 * encoder.width * (mean_length + 1) * encoder_positions  # full attention
+    if encoder.pretrained is not None:  # counted by pretrained_encoder_flops_per_token instead
+        weights = attention = 0
     if decoder.type == "gru":
         input_dim = decoder.embed_dim + (config.latent_dim if decoder.z_concat_input else 0)
         weights += 3 * decoder.hidden * (input_dim + decoder.hidden)
@@ -85,3 +89,20 @@ def model_flops_per_token(config: ModelConfig, vocab_size: int, mean_length: flo
     else:
         weights += decoder.hidden * vocab_size
     return multiplier * weights + multiplier / 2 * attention
+
+
+def pretrained_encoder_flops_per_token(encoder, ids: list[list[int]], training: bool = True) -> float:
+    """FLOPs per predicted token of a pretrained encoder (textvae.pretrained.PretrainedEncoder) over
+    framed sentences `ids`: 2 x its linear layers' weights per position it reads (its own
+    subword tokens, [CLS]/[SEP] included) plus attention, as in model_flops_per_token; x 3 when it
+    is fine-tuned, x 1 when frozen (forward only, no backward through it)."""
+    from textvae.tokenizer import pad_batch
+
+    sample = ids[:2000]
+    lengths = [len(row) for row in encoder.hf_tokenizer(encoder.texts(pad_batch(sample)))["input_ids"]]
+    weights = sum(module.weight.numel() for module in encoder.hf.modules() if isinstance(module, torch.nn.Linear))
+    hf = encoder.hf.config
+    attention = sum(2 * 2 * hf.num_hidden_layers * hf.hidden_size * length * length for length in lengths)
+    forward = 2 * weights * sum(lengths) + attention
+    predicted = sum(len(row) - 1 for row in sample)  # w1 .. wn <eos>
+    return (3 if training and not encoder.freeze else 1) * forward / predicted

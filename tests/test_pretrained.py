@@ -40,7 +40,8 @@ def build_tiny(kind: str, directory: Path) -> Path:
     if kind == "bert":
         words = sorted({w for part in SUBJECTS + VERBS + OBJECTS + ENDINGS for w in part.split()})
         letters = list("abcdefghijklmnopqrstuvwxyz")
-        tokens = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]", *words, *letters, *(f"##{c}" for c in letters)]
+        tokens = list(dict.fromkeys(["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]", *words, *letters,
+                                     *(f"##{c}" for c in letters)]))  # "a" is a word and a letter
         tokenizer = Tokenizer(models.WordPiece({t: i for i, t in enumerate(tokens)}, unk_token="[UNK]"))
         tokenizer.normalizer = normalizers.BertNormalizer(lowercase=True)
         tokenizer.pre_tokenizer = pre_tokenizers.BertPreTokenizer()
@@ -207,3 +208,27 @@ def test_api_errors_name_the_key_and_the_model(tmp_path, tiny_models, word_token
         assert reason in message
     with pytest.raises(UserError, match="model.encoder.freeze needs model.encoder.pretrained"):
         load_config(overrides=["--model.encoder.freeze", "true"])
+
+
+def test_bench_flop_count_of_a_pretrained_encoder_matches_torchs_counter(tiny_models, word_tokenizer, single_thread):
+    """The encoder FLOPs behind bench_train.py's MFU, against torch's count on the real module."""
+    import sys
+
+    from torch.nn.attention import SDPBackend, sdpa_kernel
+    from torch.utils.flop_counter import FlopCounterMode
+
+    sys.path.insert(0, str(CONFIGS.parent / "scripts"))
+    from benchlib import pretrained_encoder_flops_per_token
+
+    model = VAE(encoder_config(tiny_models["bert"]), word_tokenizer.get_vocab_size(), word_tokenizer).train()
+    ids = [frame(x) for x in encode_batch(word_tokenizer, SENTENCES)]
+    counted = 0
+    for row in ids:  # one at a time: no padding positions for torch to count
+        inputs = model.encoder.hf_tokenizer(model.encoder.texts(pad_batch([row])), return_tensors="pt")
+        with sdpa_kernel(SDPBackend.MATH), FlopCounterMode(display=False) as forward:  # attention as matmuls
+            model.encoder.hf(**inputs)
+        counted += forward.get_total_flops()
+    predicted = sum(len(row) - 1 for row in ids)
+    estimate = pretrained_encoder_flops_per_token(model.encoder, ids, training=False)
+    assert estimate == pytest.approx(counted / predicted, rel=0.01)
+    assert pretrained_encoder_flops_per_token(model.encoder, ids) == pytest.approx(3 * estimate)

@@ -14,9 +14,10 @@
   resume are unchanged: it turns the ids back into text (a word table for word-level
   vocabularies, the tokenizer's decoder for BPE), runs the HF tokenizer (right padding and an
   attention mask), the HF model, mean pooling over the mask or the first (CLS) position, and one
-  linear map to mean and log-variance. The round trip costs about a millisecond per batch of
-  64 PTB sentences on one CPU thread (and a device-to-host copy of the ids on a GPU), small next
-  to the HF forward. `<unk>` becomes the HF tokenizer's own unk token.
+  linear map to mean and log-variance. The round trip costs about 11 ms per batch of 64 PTB
+  sentences on one CPU thread (0.5 ms of it ids to text, the rest the HF tokenizer) and a
+  device-to-host copy of the ids on a GPU: about 1% of a frozen MiniLM forward on that CPU.
+  `<unk>` becomes the HF tokenizer's own unk token.
 - `freeze`: no gradients, the HF module stays in eval mode (no dropout) even while the VAE
   trains, and its forward runs under `no_grad`; only the pooling projection learns.
 - The HF pooler (a dense layer + tanh on CLS, used by neither pooling) is removed on load and
