@@ -210,6 +210,15 @@ def test_api_errors_name_the_key_and_the_model(tmp_path, tiny_models, word_token
         load_config(overrides=["--model.encoder.freeze", "true"])
 
 
+def test_an_export_without_its_encoder_folder_is_refused_in_one_line(runs, tmp_path):
+    import shutil
+
+    broken = shutil.copytree(runs["bert"] / "model", tmp_path / "model", ignore=shutil.ignore_patterns("encoder"))
+    with pytest.raises(UserError, match="encoder/config.json is missing") as error:
+        TextVAE.from_pretrained(broken)
+    assert "\n" not in str(error.value)
+
+
 def test_bench_flop_count_of_a_pretrained_encoder_matches_torchs_counter(tiny_models, word_tokenizer, single_thread):
     """The encoder FLOPs behind bench_train.py's MFU, against torch's count on the real module."""
     import sys
