@@ -190,3 +190,13 @@ def test_training_validates_sentences_longer_than_the_model_reads(tmp_path, tiny
     assert "1 valid sentences are longer than the 38 tokens" in result.stderr
     metrics = json.loads((tmp_path / "runs" / "long" / "metrics.json").read_text())
     assert metrics["valid"]["sentences"] == 61 and metrics["valid"]["cut_to_model"] == 1
+
+
+def test_cyclical_schedule_spans_the_run_the_trainer_reports():
+    system = make_system(kl={"schedule": "cyclical", "cycles": 2, "ratio": 0.5})
+    system._trainer = SimpleNamespace(estimated_stepping_batches=1000, global_step=125, world_size=1)
+    system.on_fit_start()
+    assert system.run_steps == 1000
+    assert system.beta() == pytest.approx(0.5)  # 125 steps into a 250-step rise of the first 500-step cycle
+    system._trainer.global_step = 500
+    assert system.beta() == 0.0  # the second cycle starts half-way through the run
