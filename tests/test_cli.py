@@ -102,7 +102,7 @@ def test_generate_streams(models):
 def test_max_length_beyond_the_transformer_decoder_is_one_line_exit_2(models, sentence_file, tmp_path):
     run, vae = models["transformer_run"]  # 512 decoder positions: at most 512 tokens per output
     codes = tmp_path / "codes.npy"
-    np.save(codes, vae.encode(SENTENCES[:2]).numpy())
+    np.save(codes, vae.encode(SENTENCES[:2]).cpu().numpy())
     for command in (["generate", "--n", "2"], ["reconstruct", str(sentence_file)], ["decode", str(codes)],
                     ["interpolate", SENTENCES[0], SENTENCES[1]]):
         result = run_cli([*command, "--max-length", "513", "--model", str(run)], cwd=workdir(run))
@@ -159,7 +159,7 @@ def test_encode_then_decode_is_reconstruct(models, sentence_file, transformer_re
     assert ok(result) == []  # codes go to the file, not stdout
     codes = np.load(codes_path)
     assert codes.dtype == np.float32 and codes.shape == (len(SENTENCES), vae.latent_dim)
-    np.testing.assert_allclose(codes, vae.encode(SENTENCES).numpy(), rtol=0, atol=1e-6)
+    np.testing.assert_allclose(codes, vae.encode(SENTENCES).cpu().numpy(), rtol=0, atol=1e-6)
     assert [p.name for p in tmp_path.iterdir()] == ["codes.npy"]  # no temporary file left
     decoded = ok(run_cli(["decode", str(codes_path), "--model", str(run)], cwd=workdir(run)))
     assert decoded == transformer_reconstructions

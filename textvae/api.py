@@ -32,6 +32,7 @@ from typing import Iterator
 import torch
 
 from textvae.config import Config, from_dict
+from textvae.device import resolve_device
 from textvae.errors import UserError
 from textvae.generate import STRATEGIES, decode_codes
 from textvae.model import VAE
@@ -113,12 +114,15 @@ class TextVAE:
 
     # -------------------------------------------------------------------------- saving/loading
     @classmethod
-    def from_pretrained(cls, path: str | os.PathLike = "runs/latest", device: str | torch.device = "cpu",
+    def from_pretrained(cls, path: str | os.PathLike = "runs/latest", device: str | torch.device = "auto",
                         precision: str = "32") -> "TextVAE":
-        """Load a saved model. `precision="bf16"` runs encode/decode/score under bfloat16 autocast:
-        about 3x faster on CPUs with bf16 units (and on GPUs), with log-likelihoods still summed in
+        """Load a saved model onto `device` ("auto": CUDA, else MPS, else CPU; or "cpu", "cuda",
+        "cuda:N", "mps"; see device.resolve_device), where all its work then runs.
+        `precision="bf16"` runs encode/decode/score under bfloat16 autocast on that device: about
+        3x faster on CPUs with bf16 units (and on GPUs), with log-likelihoods still summed in
         float32; greedy outputs can differ from float32 ones where two words are nearly tied."""
         check_precision(precision)
+        device = resolve_device(device)
         from safetensors import SafetensorError
         from safetensors.torch import load_file
 
@@ -232,16 +236,17 @@ class TextVAE:
     @torch.no_grad()
     def encode(self, sentences: list[str], sample: bool = False, seed: int | None = None,
                batch_size: int = 256) -> torch.Tensor:
-        """Codes (n, latent_dim): posterior means, or draws from q(z|x) with `sample=True`."""
+        """Codes (n, latent_dim) on the model's device: posterior means, or draws from q(z|x) with
+        `sample=True`."""
         ids = self.tokenize(sentences)
         generator = torch.Generator(device=self.device).manual_seed(seed) if seed is not None else None
-        codes = torch.empty(len(ids), self.latent_dim)
+        codes = torch.empty(len(ids), self.latent_dim, device=self.device)
         for positions, tokens in length_batches(ids, batch_size):
             with self.autocast():
                 tokens = tokens.to(self.device)
                 mean, logvar = (t.float() for t in self.model.encode(tokens))
             z = self.model.reparameterize(mean, logvar, generator) if sample else mean
-            codes[positions] = z.cpu()
+            codes[positions] = z
         return codes
 
     @torch.no_grad()
@@ -252,7 +257,7 @@ class TextVAE:
         `check_max_length`; a transformer decoder cannot go past its positions) and on one line."""
         check_decoding(strategy, temperature, top_k, top_p, beam_size, max_length)
         max_length = self.check_max_length(max_length)
-        z = torch.as_tensor(z, dtype=torch.float32)
+        z = torch.as_tensor(z, dtype=torch.float32, device=self.device)
         if z.dim() != 2 or z.size(1) != self.latent_dim:
             raise UserError(f"codes must have shape (n, {self.latent_dim}), got {tuple(z.shape)}")
         generator = torch.Generator(device=self.device).manual_seed(seed) if seed is not None else None
@@ -270,11 +275,11 @@ class TextVAE:
         """`n` sentences from the prior, yielded batch by batch (memory stays flat for any n)."""
         if n < 1:
             raise UserError(f"--n must be at least 1, got {n}")
-        generator = torch.Generator().manual_seed(seed) if seed is not None else None
+        generator = torch.Generator(device=self.device).manual_seed(seed) if seed is not None else None
         decode_seed = seed
         for start in range(0, n, batch_size):
             count = min(batch_size, n - start)
-            z = torch.randn(count, self.latent_dim, generator=generator)
+            z = torch.randn(count, self.latent_dim, generator=generator, device=self.device)
             yield from self.decode(z, seed=decode_seed, batch_size=batch_size, **decoding)
             decode_seed = None if seed is None else decode_seed + 1
 
@@ -297,7 +302,7 @@ class TextVAE:
             raise UserError(f"--method must be 'slerp' or 'linear', got {method!r}")
         self.check_max_length(decoding.get("max_length"))
         start, end = self.encode([a, b])
-        t = torch.linspace(0, 1, steps + 2)
+        t = torch.linspace(0, 1, steps + 2, device=start.device)
         path = slerp(start, end, t) if method == "slerp" else (1 - t[:, None]) * start + t[:, None] * end
         path[0], path[-1] = start, end
         return self.decode(path, **decoding)

@@ -3,6 +3,9 @@
 Results go to stdout, diagnostics to stderr. Errors a user can cause (`UserError`, bad
 arguments) print one line, `textvae: error: ...`, and exit with status 2; `--debug` shows the
 traceback instead. Interrupted training exits 130 (SIGINT) or 143 (SIGTERM) after saving.
+Every command that loads a model takes `--device` (device.resolve_device), checked right after
+parsing, so a bad or absent device fails before any input is read, any model loaded or any
+output written.
 """
 
 from __future__ import annotations
@@ -104,7 +107,7 @@ def _decoding(args) -> dict:
 def _load(args):
     from textvae.api import TextVAE
 
-    return TextVAE.from_pretrained(args.model, precision=args.precision)
+    return TextVAE.from_pretrained(args.model, device=args.device, precision=args.precision)
 
 
 def cmd_generate(args, rest) -> None:
@@ -138,7 +141,7 @@ def cmd_encode(args, rest) -> None:
 
         check_bits(args.bits)
     vae = _load(args)
-    codes = vae.encode(lines).numpy().astype("float32")
+    codes = vae.encode(lines).cpu().numpy().astype("float32")
     out = Path(args.out)
     tmp = out.with_name(f".{out.name}.tmp-{os.getpid()}.npy")
     try:
@@ -216,7 +219,7 @@ def cmd_score(args, rest) -> None:
 def cmd_evaluate(args, rest) -> None:
     from textvae.evaluate import evaluate_model
 
-    metrics = evaluate_model(args.model, args.split, args.iw_samples, args.seed, args.precision)
+    metrics = evaluate_model(args.model, args.split, args.iw_samples, args.seed, args.precision, args.device)
     if args.json:
         print(json.dumps(metrics))
         return
@@ -243,6 +246,9 @@ def build_parser() -> argparse.ArgumentParser:
     model.add_argument("--model", default="runs/latest", help="model or run directory (default: runs/latest)")
     model.add_argument("--precision", choices=("32", "bf16"), default="32",
                        help="bf16: bfloat16 autocast, about 3x faster on CPUs with bf16 units")
+    model.add_argument("--device", default="auto",
+                       help="auto (CUDA when available, else MPS, else CPU), cpu, cuda, cuda:N or mps; all the "
+                            "command's work runs there")
     decoding = _Parser(add_help=False)
     # No default here: the parent's actions are shared by every subcommand, so a per-command
     # default (sample for generate, greedy otherwise) is applied in _decoding.
@@ -338,6 +344,10 @@ def main(argv: list[str] | None = None) -> int:
         args, rest = parser.parse_known_args(argv)
         if rest and args.command != "train":
             raise UserError(f"{args.command}: unrecognized arguments: {' '.join(rest)}")
+        if hasattr(args, "device"):  # before any work: a bad device reads, loads and writes nothing
+            from textvae.device import resolve_device
+
+            args.device = resolve_device(args.device)
         args.handler(args, rest)
     except UserError as error:
         if debug:

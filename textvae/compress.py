@@ -33,12 +33,14 @@ Determinism. Compressor and decompressor must compute identical float32 probabil
 autocast (bf16 is never used here), the same step-by-step decoder calls on both sides (never
 teacher forcing), the same batch shapes, and on a CPU one torch thread while coding (MKL's
 results change with the thread count). Probabilities are quantised by constriction. A stream is
-tied to the model (sha256 over its weights and vocabulary) and to the device kind (cpu/cuda)
-it was made on; both are in the header and checked.
+tied to the model (sha256 over its weights and vocabulary) and to the device kind (cpu, cuda or
+mps: the model's device, `--device` in the CLI) it was made on; both are in the header and
+checked. All model work stays on that device; only the per-step probabilities come back to the
+CPU, where constriction codes them.
 
 Format (version 1), little-endian:
 
-    magic "TVBB", version u8, fingerprint 32 bytes, device u8 (0 cpu, 1 cuda), grid u8,
+    magic "TVBB", version u8, fingerprint 32 bytes, device u8 (0 cpu, 1 cuda, 2 mps), grid u8,
     z_range u8, crc32 of the original UTF-8 bytes u32, their length u64, lines u32, lanes u32,
     ends-with-newline u8, flag counts 5 x u32 (escape, plain, " x", "x ", " x "), words u64,
     crc32 of the header so far u32; then `words` u32 words of the ANS stack.
@@ -79,7 +81,7 @@ LINE_START = 256  # the byte model's context at the start of a line
 ORDER0_WEIGHT = 2.0  # pseudo-counts an order-1 context starts with, spread like the order-0 counts
 _HEADER = struct.Struct("<4sB32sBBBIQIIB5IQ")
 HEADER_SIZE = _HEADER.size + 4
-_DEVICES = {"cpu": 0, "cuda": 1}
+_DEVICES = {"cpu": 0, "cuda": 1, "mps": 2}
 
 
 def fingerprint(vae: "TextVAE") -> bytes:
@@ -294,10 +296,10 @@ class _Coder:
         return logits.softmax(-1).cpu().numpy()
 
     def _codes(self, lane_symbols: dict[int, np.ndarray], lanes: int) -> torch.Tensor:
-        z = torch.zeros(lanes, self.model.config.latent_dim)
+        z = torch.zeros(lanes, self.model.config.latent_dim, device=self.vae.device)
         for lane, symbols in lane_symbols.items():
-            z[lane] = torch.from_numpy(symbols.astype(np.float32)) / self.scale
-        return z.to(self.vae.device)
+            z[lane] = torch.from_numpy(symbols.astype(np.float32)).to(self.vae.device) / self.scale
+        return z
 
     # -------------------------------------------------------------------------- compressing
     def push_round(self, layout: Layout, round_: int, flags, tokens, escaped) -> None:
@@ -320,16 +322,16 @@ class _Coder:
         if model_lanes:
             targets = {lane: [*tokens[line], EOS_ID] for lane, line in model_lanes}
             state = self.model.decoder.start(self._codes(codes, layout.lanes))
-            token = torch.full((layout.lanes,), BOS_ID, dtype=torch.long)
+            token = torch.full((layout.lanes,), BOS_ID, dtype=torch.long, device=self.vae.device)
             step_rows, step_symbols = [], []
             for step in range(max(len(target) for target in targets.values())):
-                features, state = self.model.decoder.step(token.to(self.vae.device), state)
+                features, state = self.model.decoder.step(token, state)
                 probabilities = self._step_probabilities(features)
                 alive = [lane for lane, target in targets.items() if step < len(target)]
                 step_rows.append(probabilities[alive])
                 step_symbols.extend(targets[lane][step] for lane in alive)
-                token = torch.full((layout.lanes,), PAD_ID, dtype=torch.long)
-                token[alive] = torch.tensor([targets[lane][step] for lane in alive])
+                token = torch.full((layout.lanes,), PAD_ID, dtype=torch.long, device=self.vae.device)
+                token[alive] = torch.tensor([targets[lane][step] for lane in alive], device=self.vae.device)
             self.ans.encode_reverse(np.asarray(step_symbols, dtype=np.int32), self.categorical,
                                     np.concatenate(step_rows))
         # 3'. z under the prior
@@ -367,16 +369,16 @@ class _Coder:
             return
         decoded: dict[int, list[int]] = {lane: [] for lane, _ in model_lanes}
         state = self.model.decoder.start(self._codes(codes, layout.lanes))
-        token = torch.full((layout.lanes,), BOS_ID, dtype=torch.long)
+        token = torch.full((layout.lanes,), BOS_ID, dtype=torch.long, device=self.vae.device)
         alive = list(decoded)
         for _ in range(self.vae.max_words + 1):
-            features, state = self.model.decoder.step(token.to(self.vae.device), state)
+            features, state = self.model.decoder.step(token, state)
             probabilities = self._step_probabilities(features)
             symbols = self.ans.decode(self.categorical, probabilities[alive]).tolist()
             if PAD_ID in symbols or BOS_ID in symbols:
                 raise _Corrupt
-            token = torch.full((layout.lanes,), PAD_ID, dtype=torch.long)
-            token[alive] = torch.tensor(symbols)
+            token = torch.full((layout.lanes,), PAD_ID, dtype=torch.long, device=self.vae.device)
+            token[alive] = torch.tensor(symbols, device=self.vae.device)
             for lane, symbol in zip(alive, symbols):
                 decoded[lane].append(symbol)
             alive = [lane for lane, symbol in zip(alive, symbols) if symbol != EOS_ID]

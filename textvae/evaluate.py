@@ -9,8 +9,9 @@
   `interp_step`), and prior samples (`distinct_1/2`, `novel` from *sampled* decodes, as
   the literature reports them; `distinct_*_greedy` from greedy decodes of the same codes
   shows how much the output depends on z at all).
-- Everything runs on the model's device and at its precision; random draws come from seeded
-  generators, so the same model, split and seed give the same numbers.
+- Everything runs on the model's device and at its precision, per-sentence results included
+  (they leave it only as the Python numbers of the table); random draws come from seeded
+  generators on that device, so the same model, split, seed and device give the same numbers.
 """
 
 from __future__ import annotations
@@ -36,7 +37,7 @@ PRIOR_STRATEGY = "sample (temperature 1, no top-k/top-p)"
 
 
 class Scores(NamedTuple):
-    """Per-sentence results of `score_ids`, in input order (all on the CPU)."""
+    """Per-sentence results of `score_ids`, in input order (all on the model's device)."""
 
     nll: torch.Tensor  # (N,) importance-weighted -log p(x)
     rec: torch.Tensor  # (N,) -log p(x|z) of the first code z ~ q(z|x)
@@ -58,8 +59,8 @@ def score_ids(vae: "TextVAE", ids: list[list[int]], iw_samples: int, seed: int =
         raise UserError(f"--iw-samples must be at least 1, got {iw_samples}")
     generator = torch.Generator(device=vae.device).manual_seed(seed)
     count = len(ids)
-    nll, rec, kl, tokens = (torch.zeros(count) for _ in range(4))
-    means, logvars = torch.zeros(count, vae.latent_dim), torch.zeros(count, vae.latent_dim)
+    nll, rec, kl, tokens = (torch.zeros(count, device=vae.device) for _ in range(4))
+    means, logvars = (torch.zeros(count, vae.latent_dim, device=vae.device) for _ in range(2))
     batches = list(length_batches(ids, iw_batch_size(iw_samples)))
     show = sys.stderr.isatty() and count > 1000 if progress is None else progress
     for positions, batch in tqdm(batches, desc=f"scoring (K={iw_samples})", disable=not show, leave=False):
@@ -67,15 +68,16 @@ def score_ids(vae: "TextVAE", ids: list[list[int]], iw_samples: int, seed: int =
         with vae.autocast():
             mean, logvar = (t.float() for t in vae.model.encode(batch))
             estimate = iw_nll(vae.model, batch, iw_samples, generator=generator, posterior=(mean, logvar))
-        nll[positions], rec[positions] = estimate.nll.cpu(), estimate.rec.cpu()
-        kl[positions] = gaussian_kl(mean, logvar).sum(-1).cpu()
-        tokens[positions] = target_tokens(batch).float().cpu()
-        means[positions], logvars[positions] = mean.cpu(), logvar.cpu()
+        nll[positions], rec[positions] = estimate.nll.float(), estimate.rec.float()
+        kl[positions] = gaussian_kl(mean, logvar).sum(-1)
+        tokens[positions] = target_tokens(batch).float()
+        means[positions], logvars[positions] = mean, logvar
     return Scores(nll, rec, kl, tokens, means, logvars)
 
 
 def _pairs(count: int, pairs: int, seed: int) -> list[tuple[int, int]]:
-    """`pairs` fixed random pairs of distinct sentence positions (the same for every model)."""
+    """`pairs` fixed random pairs of distinct sentence positions (the same for every model and
+    device: Python ints from a CPU generator)."""
     generator = torch.Generator().manual_seed(seed)
     out = []
     for _ in range(pairs):
@@ -101,7 +103,7 @@ def evaluate(vae: "TextVAE", ids: list[list[int]], training_text: set[str] | Non
         "rec": scores.rec.mean().item(), "kl": scores.kl.mean().item(),
         "elbo": (scores.rec + scores.kl).mean().item(), "nll": scores.nll.mean().item(),
         "ppl": ppl(scores.nll.sum().item(), total_tokens),
-        "mi": mutual_information(scores.mean.to(vae.device), scores.logvar.to(vae.device),
+        "mi": mutual_information(scores.mean, scores.logvar,
                                  generator=torch.Generator(device=vae.device).manual_seed(seed)),
         "au": active_units(scores.mean), "sentences": len(ids), "tokens": total_tokens,
         "cut_to_model": cut,  # sentences longer than the model reads, scored on their first max_words
@@ -131,7 +133,7 @@ def latent_use(vae: "TextVAE", ids: list[list[int]], means: torch.Tensor, seed: 
         pairs = _pairs(len(ids), settings.interp_pairs, seed)
         from textvae.api import slerp
 
-        t = torch.linspace(0, 1, INTERP_POINTS)
+        t = torch.linspace(0, 1, INTERP_POINTS, device=means.device)
         paths = torch.cat([slerp(means[a], means[b], t) for a, b in pairs])  # (P * points, D)
         longest = _longest([ids[i] for pair in pairs for i in pair])
         decoded = vae.decode(paths, strategy="greedy", max_length=vae.clamp_length(longest + 10))
@@ -144,8 +146,8 @@ def latent_use(vae: "TextVAE", ids: list[list[int]], means: torch.Tensor, seed: 
 def prior_diversity(vae: "TextVAE", training_text: set[str], count: int, seed: int = 0) -> dict:
     """distinct-1/2 and novelty of `count` sampled decodes of prior codes, plus distinct-1/2 of
     greedy decodes of the same codes."""
-    generator = torch.Generator().manual_seed(seed)
-    z = torch.randn(count, vae.latent_dim, generator=generator)
+    generator = torch.Generator(device=vae.device).manual_seed(seed)
+    z = torch.randn(count, vae.latent_dim, generator=generator, device=vae.device)
     sampled = vae.decode(z, strategy="sample", seed=seed)
     greedy = vae.decode(z, strategy="greedy")
     return {"distinct_1": distinct_n(sampled, 1), "distinct_2": distinct_n(sampled, 2),
@@ -159,8 +161,9 @@ def training_sentences(vae: "TextVAE", ids: list[list[int]]) -> set[str]:
 
 
 def evaluate_model(model: str = "runs/latest", split: str = "test", iw_samples: int | None = None, seed: int = 0,
-                   precision: str = "32", device: str = "cpu") -> dict:
-    """`textvae evaluate`: the metrics of a saved model on a split of the data it was trained on."""
+                   precision: str = "32", device: str = "auto") -> dict:
+    """`textvae evaluate`: the metrics of a saved model on a split of the data it was trained on,
+    computed on `device` (see device.resolve_device)."""
     from textvae.api import TextVAE
     from textvae.data import load_corpus
 
@@ -173,5 +176,5 @@ def evaluate_model(model: str = "runs/latest", split: str = "test", iw_samples: 
     corpus, _ = load_corpus(full, vae.tokenizer, splits=tuple(sorted({split, "train"})))
     metrics, _ = evaluate(vae, corpus[split].ids, training_sentences(vae, corpus["train"].ids), iw_samples, seed)
     metrics.update({"split": split, "iw_samples": iw_samples or vae.config.eval.iw_samples, "precision": precision,
-                    "prior_strategy": PRIOR_STRATEGY})
+                    "device": vae.device.type, "prior_strategy": PRIOR_STRATEGY})
     return metrics

@@ -23,6 +23,8 @@ checkpoint, `metrics.json` (SPEC §7 on valid and test), `samples.txt` and `curv
 - A resumed run appends to `logs/metrics.csv` (rows past the checkpoint's step are dropped;
   loggers.py), instead of Lightning's CSVLogger's default of deleting the file.
 - `trainer.early_stopping_patience` adds Lightning's `EarlyStopping` on `valid/elbo`.
+- The end-of-run evaluation (IW-NLL, decodes, MI) and `samples.txt` run on the trainer's root
+  device (a GPU run stays on its GPU); the export is device-independent (CPU copies of the weights).
 """
 
 from __future__ import annotations
@@ -46,6 +48,7 @@ from lightning.pytorch.utilities.exceptions import MisconfigurationException, SI
 
 from textvae.api import TextVAE
 from textvae.config import Config, dump_config
+from textvae.device import resolve_device
 from textvae.errors import Interrupted, UserError
 from textvae.loggers import make_loggers, resolve_loggers, trim_log
 from textvae.pretrained import load_parts
@@ -208,6 +211,7 @@ def train(config: Config, resume: bool = False, overwrite: bool = False) -> Path
         atomic_write_text(run_dir / "run.json", json.dumps(run_info(), indent=2) + "\n")
         if resume_step is not None:
             trim_log(run_dir / "logs" / "metrics.csv", resume_step)  # re-logged from this step on
+    resolve_device(trainer.strategy.root_device)  # on CUDA: TF32 float32 matmuls, as Lightning recommends
     try:
         trainer.fit(system, datamodule=datamodule, ckpt_path=resume_from, weights_only=True)
     except (SystemExit, SIGTERMException):
@@ -221,28 +225,31 @@ def train(config: Config, resume: bool = False, overwrite: bool = False) -> Path
                  trainer.global_step, patience)
     if not trainer.is_global_zero:
         return run_dir
-    finish_run(run_dir, config, datamodule, callbacks[0].best_model_path or str(checkpoints / "last.ckpt"))
+    finish_run(run_dir, config, datamodule, callbacks[0].best_model_path or str(checkpoints / "last.ckpt"),
+               trainer.strategy.root_device)
     return run_dir
 
 
-def load_checkpoint_model(path: str | Path, tokenizer) -> TextVAE:
+def load_checkpoint_model(path: str | Path, tokenizer, device: str | torch.device = "cpu") -> TextVAE:
     checkpoint = read_checkpoint(path)
     hparams = checkpoint["hyper_parameters"]
     system = VAESystem(hparams["config"], hparams["vocab_size"], tokenizer)
     system.load_state_dict(checkpoint["state_dict"])
-    return TextVAE(system.model, tokenizer, system.config)
+    return TextVAE(system.model.to(resolve_device(device)), tokenizer, system.config)
 
 
-def finish_run(run_dir: Path, config: Config, datamodule: TextDataModule, checkpoint: str) -> None:
-    """Export the best checkpoint, then write metrics.json, samples.txt, curves.png, runs/latest."""
-    vae = load_checkpoint_model(checkpoint, datamodule.tokenizer)
+def finish_run(run_dir: Path, config: Config, datamodule: TextDataModule, checkpoint: str,
+               device: str | torch.device = "cpu") -> None:
+    """Export the best checkpoint, then write metrics.json, samples.txt, curves.png, runs/latest;
+    evaluation and samples run on `device` (train passes the trainer's root device)."""
+    vae = load_checkpoint_model(checkpoint, datamodule.tokenizer, device)
     corpus = datamodule.corpus
     training_text = training_sentences(vae, corpus["train"].ids)
     metrics, scores = {}, {}
     for split in ("valid", "test"):
         metrics[split], scores[split] = evaluate(vae, corpus[split].ids, training_text)
     per_token = torch.sort(scores["valid"].nll / scores["valid"].tokens).values
-    quantiles = torch.quantile(per_token, torch.linspace(0, 1, 1001)).tolist()
+    quantiles = torch.quantile(per_token, torch.linspace(0, 1, 1001, device=per_token.device)).tolist()
     vae.extra["score_quantiles"] = {"iw_samples": config.eval.iw_samples, "split": "valid",
                                     "nats_per_token": [round(q, 5) for q in quantiles]}
     vae.extra["checkpoint"] = Path(checkpoint).name
