@@ -36,9 +36,9 @@ from textvae.device import resolve_device
 from textvae.errors import UserError
 from textvae.generate import STRATEGIES, decode_codes
 from textvae.model import VAE
-from textvae.pretrained import PretrainedEncoder, rebuild_hf, save_hf
-from textvae.tokenizer import (UNK, UNK_ID, clip_framed, decode_ids, encode_batch, frame, length_batches,
-                               load_tokenizer, save_tokenizer)
+from textvae.pretrained import PretrainedDecoder, PretrainedEncoder, rebuild_hf, save_hf, text_tokenizer
+from textvae.tokenizer import (UNK, clip_framed, decode_ids, encode_batch, frame, length_batches, load_tokenizer,
+                               save_tokenizer, special_ids)
 
 log = logging.getLogger("textvae")
 
@@ -149,7 +149,13 @@ class TextVAE:
         hf_parts = {}
         if config.model.encoder.pretrained is not None:
             hf_parts["encoder"] = rebuild_hf(directory / "encoder", "encoder")
+        if config.model.decoder.type == "pretrained":  # its vocabulary and special ids are the LM's
+            hf_parts["decoder"] = rebuild_hf(directory / "decoder", "decoder")
+            tokenizer = text_tokenizer(hf_parts["decoder"][1])
         model = VAE(config.model, meta["vocab_size"], tokenizer, hf_parts)
+        state = model.state_dict()
+        for name in model.tied_names() - weights.keys():  # stored once, under the name it is tied to
+            weights[name] = state[name]
         try:
             model.load_state_dict(weights)
         except RuntimeError as error:
@@ -167,11 +173,15 @@ class TextVAE:
             meta = {"format_version": FORMAT_VERSION, "vocab_size": self.model.vocab_size,
                     "config": self.config.to_dict(), **self.extra}
             (tmp / "config.json").write_text(json.dumps(meta, indent=2) + "\n")
-            state = {name: tensor.detach().contiguous().cpu() for name, tensor in self.model.state_dict().items()}
+            tied = self.model.tied_names()
+            state = {name: tensor.detach().contiguous().cpu() for name, tensor in self.model.state_dict().items()
+                     if name not in tied}
             save_file(state, str(tmp / "model.safetensors"), metadata={"format": "pt"})
             save_tokenizer(self.tokenizer, tmp)
             if isinstance(self.model.encoder, PretrainedEncoder):
                 save_hf(self.model.encoder.hf, self.model.encoder.hf_tokenizer, tmp / "encoder")
+            if isinstance(self.model.decoder, PretrainedDecoder):
+                save_hf(self.model.decoder.hf, self.model.decoder.hf_tokenizer, tmp / "decoder")
 
         atomic_write_dir(directory, write)
         return directory
@@ -190,11 +200,12 @@ class TextVAE:
         about unknown words and once about over-long sentences."""
         if isinstance(sentences, str):
             raise TypeError("pass a list of sentences, not a single string")
+        specials = special_ids(self.tokenizer)
         words = encode_batch(self.tokenizer, list(sentences))
-        unknown = sum(ids.count(UNK_ID) for ids in words) - sum(s.split().count(UNK) for s in sentences)
+        unknown = sum(ids.count(specials.unk) for ids in words) - sum(s.split().count(UNK) for s in sentences)
         if unknown > 0:
-            log.warning("%d unknown word(s) mapped to %s", unknown, UNK)
-        framed, _ = self.clip_to_model([frame(ids) for ids in words])
+            log.warning("%d unknown word(s) mapped to %s", unknown, self.tokenizer.id_to_token(specials.unk))
+        framed, _ = self.clip_to_model([frame(ids, specials=specials) for ids in words])
         return framed
 
     def clip_to_model(self, framed: list[list[int]]) -> tuple[list[list[int]], int]:
@@ -241,7 +252,7 @@ class TextVAE:
         ids = self.tokenize(sentences)
         generator = torch.Generator(device=self.device).manual_seed(seed) if seed is not None else None
         codes = torch.empty(len(ids), self.latent_dim, device=self.device)
-        for positions, tokens in length_batches(ids, batch_size):
+        for positions, tokens in length_batches(ids, batch_size, special_ids(self.tokenizer).pad):
             with self.autocast():
                 tokens = tokens.to(self.device)
                 mean, logvar = (t.float() for t in self.model.encode(tokens))

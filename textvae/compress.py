@@ -101,6 +101,9 @@ def compress(vae: "TextVAE", text: str, lanes: int = LANES) -> bytes:
         raise TypeError(f"compress takes a str, got {type(text).__name__}")
     if lanes < 1:
         raise UserError(f"lanes must be at least 1, got {lanes}")
+    if vae.config.model.decoder.type == "pretrained":  # the coder frames lines with textvae's own special ids
+        raise UserError("compress: models with a pretrained decoder (model.decoder.type: pretrained) are not "
+                        "supported yet")
     raw = text.encode("utf-8")
     lines, final_newline = split_lines(text)
     flags, tokens = classify(vae, lines)

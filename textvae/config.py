@@ -93,7 +93,7 @@ class EncoderConfig:
 
 @dataclass
 class DecoderConfig:
-    type: Literal["gru", "transformer"] = "gru"  # decoder family
+    type: Literal["gru", "transformer", "pretrained"] = "gru"  # decoder family; pretrained: an HF causal LM
     layers: int = 1  # GRU or transformer layers
     hidden: int = 512  # GRU hidden size / transformer width
     embed_dim: int = 256  # input token embedding size (gru; transformer uses `hidden`)
@@ -107,10 +107,28 @@ class DecoderConfig:
     memory_slots: int = 4  # transformer: z is projected to this many memory vectors
     tie_embeddings: bool = True  # share input embedding and output projection weights
     max_positions: int = 512  # transformer: longest sequence the position table covers
+    pretrained: Optional[str] = None  # type pretrained: the causal LM (Hub name or local dir), with its own vocabulary
+    latent_as_memory: bool = True  # pretrained: z is one extra key/value position in every layer (Optimus)
+    latent_as_embedding: bool = True  # pretrained: a projection of z is added to every input embedding (Optimus)
+    freeze: bool = False  # pretrained: keep the LM's weights fixed; only the z injection layers train
+    lr_scale: float = 1.0  # pretrained: the LM's weights train at optim.lr times this (fine-tuning wants less)
 
     def __post_init__(self):
-        _require(self.type in ("gru", "transformer"), "model.decoder.type",
-                 "must be 'gru' or 'transformer'", self.type)
+        _require(self.type in ("gru", "transformer", "pretrained"), "model.decoder.type",
+                 "must be 'gru', 'transformer' or 'pretrained'", self.type)
+        _require(self.lr_scale > 0, "model.decoder.lr_scale", "must be > 0", self.lr_scale)
+        if self.type == "pretrained":
+            _require(self.pretrained is not None and self.pretrained.strip() != "", "model.decoder.pretrained",
+                     "must name a causal LM (Hub name or local directory) when model.decoder.type is pretrained",
+                     self.pretrained)
+            _require(self.latent_as_memory or self.latent_as_embedding, "model.decoder.latent_as_embedding",
+                     "must be true when latent_as_memory is false (z would be ignored)", self.latent_as_embedding)
+        else:
+            _require(self.pretrained is None, "model.decoder.pretrained", "needs model.decoder.type: pretrained",
+                     self.pretrained)
+            _require(not self.freeze, "model.decoder.freeze", "needs model.decoder.type: pretrained", self.freeze)
+            _require(self.lr_scale == 1.0, "model.decoder.lr_scale", "needs model.decoder.type: pretrained",
+                     self.lr_scale)
         _require(self.layers >= 1, "model.decoder.layers", "must be >= 1", self.layers)
         _require(self.hidden >= 1, "model.decoder.hidden", "must be >= 1", self.hidden)
         _require(self.embed_dim >= 1, "model.decoder.embed_dim", "must be >= 1", self.embed_dim)
@@ -119,7 +137,7 @@ class DecoderConfig:
                      f"must divide model.decoder.hidden={self.hidden}", self.heads)
             _require(self.z_cross_attention or self.z_add_input, "model.decoder.z_add_input",
                      "must be true when z_cross_attention is false (z would be ignored)", self.z_add_input)
-        else:
+        elif self.type == "gru":
             _require(self.z_init_hidden or self.z_concat_input, "model.decoder.z_concat_input",
                      "must be true when z_init_hidden is false (z would be ignored)", self.z_concat_input)
         _require(self.feedforward >= 1, "model.decoder.feedforward", "must be >= 1", self.feedforward)

@@ -17,6 +17,7 @@
 
 from __future__ import annotations
 
+import functools
 import gzip
 import hashlib
 import http.client
@@ -38,7 +39,7 @@ from torch.utils.data import DataLoader, Sampler
 
 from textvae.config import DataConfig
 from textvae.errors import UserError
-from textvae.tokenizer import PAD_ID, encode_batch, frame, pad_batch, train_tokenizer
+from textvae.tokenizer import PAD_ID, encode_batch, frame, pad_batch, special_ids, train_tokenizer
 
 log = logging.getLogger("textvae")
 
@@ -189,7 +190,8 @@ def tokenize_split(name: str, path: Path, sentences: list[str], skipped: int, to
         raise UserError(f"data: the {name} split ({path}) is empty after skipping empty lines")
     words = encode_batch(tokenizer, sentences)
     truncated = sum(len(ids) > max_length for ids in words) if max_length else 0
-    split = Split(name, path, [frame(ids, max_length) for ids in words], skipped, truncated)
+    specials = special_ids(tokenizer)
+    split = Split(name, path, [frame(ids, max_length, specials) for ids in words], skipped, truncated)
     if skipped:
         log.info("data: skipped %d empty lines in %s", skipped, path)
     if truncated:
@@ -293,10 +295,10 @@ class BucketBatchSampler(Sampler[list[int]]):
         return self._length // self.num_replicas
 
 
-def collate(batch: list[tuple[int, list[int]]]) -> dict[str, torch.Tensor]:
+def collate(batch: list[tuple[int, list[int]]], pad_id: int = PAD_ID) -> dict[str, torch.Tensor]:
     """Pad framed sentences to the batch maximum; keep their corpus indices."""
     indices, sequences = zip(*batch)
-    return {"tokens": pad_batch(sequences), "index": torch.tensor(indices)}
+    return {"tokens": pad_batch(sequences, pad_id), "index": torch.tensor(indices)}
 
 
 class _Indexed(torch.utils.data.Dataset):
@@ -339,10 +341,10 @@ class ResumableLoader(DataLoader):
 
 
 def make_loader(ids: list[list[int]], batch_size: int, shuffle: bool, seed: int = 0, pool: int = 100,
-                num_replicas: int = 1, rank: int = 0, num_workers: int = 0) -> ResumableLoader:
+                num_replicas: int = 1, rank: int = 0, num_workers: int = 0, pad_id: int = PAD_ID) -> ResumableLoader:
     sampler = BucketBatchSampler([len(x) for x in ids], batch_size, shuffle, seed, pool, num_replicas, rank)
-    return ResumableLoader(_Indexed(ids), batch_sampler=sampler, collate_fn=collate, num_workers=num_workers,
-                           persistent_workers=num_workers > 0)
+    return ResumableLoader(_Indexed(ids), batch_sampler=sampler, collate_fn=functools.partial(collate, pad_id=pad_id),
+                           num_workers=num_workers, persistent_workers=num_workers > 0)
 
 
 def padding_share(loader: DataLoader) -> float:

@@ -26,7 +26,7 @@ from textvae.errors import UserError
 from textvae.losses import gaussian_kl
 from textvae.metrics import (active_units, corpus_bleu, distinct_n, interpolation_smoothness, iw_batch_size, iw_nll,
                              mutual_information, novelty, ppl, target_tokens)
-from textvae.tokenizer import decode_ids, length_batches
+from textvae.tokenizer import decode_ids, length_batches, special_ids
 
 if TYPE_CHECKING:
     from textvae.api import TextVAE
@@ -61,7 +61,8 @@ def score_ids(vae: "TextVAE", ids: list[list[int]], iw_samples: int, seed: int =
     count = len(ids)
     nll, rec, kl, tokens = (torch.zeros(count, device=vae.device) for _ in range(4))
     means, logvars = (torch.zeros(count, vae.latent_dim, device=vae.device) for _ in range(2))
-    batches = list(length_batches(ids, iw_batch_size(iw_samples)))
+    pad_id = special_ids(vae.tokenizer).pad
+    batches = list(length_batches(ids, iw_batch_size(iw_samples), pad_id))
     show = sys.stderr.isatty() and count > 1000 if progress is None else progress
     for positions, batch in tqdm(batches, desc=f"scoring (K={iw_samples})", disable=not show, leave=False):
         batch = batch.to(vae.device)
@@ -70,7 +71,7 @@ def score_ids(vae: "TextVAE", ids: list[list[int]], iw_samples: int, seed: int =
             estimate = iw_nll(vae.model, batch, iw_samples, generator=generator, posterior=(mean, logvar))
         nll[positions], rec[positions] = estimate.nll.float(), estimate.rec.float()
         kl[positions] = gaussian_kl(mean, logvar).sum(-1)
-        tokens[positions] = target_tokens(batch).float()
+        tokens[positions] = target_tokens(batch, pad_id).float()
         means[positions], logvars[positions] = mean, logvar
     return Scores(nll, rec, kl, tokens, means, logvars)
 
@@ -108,6 +109,9 @@ def evaluate(vae: "TextVAE", ids: list[list[int]], training_text: set[str] | Non
         "au": active_units(scores.mean), "sentences": len(ids), "tokens": total_tokens,
         "cut_to_model": cut,  # sentences longer than the model reads, scored on their first max_words
     }
+    if vae.tokenizer.decoder is not None:  # subword tokens: also per whitespace word + <eos>, as word-level models
+        words = sum(len(text.split()) + 1 for text in decode_ids(vae.tokenizer, (x[1:] for x in ids)))
+        metrics["ppl_word"] = ppl(scores.nll.sum().item(), words)
     metrics.update(latent_use(vae, ids, scores.mean, seed))
     if training_text is not None and settings.prior_samples:
         metrics.update(prior_diversity(vae, training_text, settings.prior_samples, seed))

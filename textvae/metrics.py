@@ -74,9 +74,9 @@ def ppl(nll_sum: float, tokens: int) -> float:
     return math.exp(nll_sum / tokens)
 
 
-def target_tokens(tokens: torch.Tensor) -> torch.Tensor:
+def target_tokens(tokens: torch.Tensor, pad_id: int = PAD_ID) -> torch.Tensor:
     """Predicted tokens per framed sentence (B,): every non-pad token but <bos>."""
-    return (tokens[:, 1:] != PAD_ID).sum(-1)
+    return (tokens[:, 1:] != pad_id).sum(-1)
 
 
 @torch.no_grad()

@@ -17,6 +17,8 @@
   are cut to `ModelConfig.max_words` where they are tokenised, with a count, never silently here.
 - Weight tying shares the input embedding with the output projection (a linear map from the
   decoder width to the embedding size is inserted when they differ).
+- `model.decoder.type: pretrained` puts an HF causal LM in the decoder's place (pretrained.py),
+  behind the same calls; the vocabulary and the special ids (`VAE.specials`) are then the LM's.
 
 The training objective, schedules and logging live in system.py; this file has no Lightning.
 """
@@ -28,8 +30,8 @@ import torch.nn.functional as F
 from torch import nn
 
 from textvae.config import DecoderConfig, EncoderConfig, ModelConfig
-from textvae.pretrained import PretrainedEncoder, load_hf
-from textvae.tokenizer import BOS_ID, PAD_ID, UNK_ID
+from textvae.pretrained import PretrainedDecoder, PretrainedEncoder, lm_specials, load_hf
+from textvae.tokenizer import OWN_SPECIALS, PAD_ID
 
 
 # Target positions per block of the output projection + cross-entropy. One (N, V) float logits
@@ -39,10 +41,11 @@ LOSS_ROWS = 256
 
 
 class Encoder(nn.Module):
-    def __init__(self, vocab_size: int, config: EncoderConfig, latent_dim: int):
+    def __init__(self, vocab_size: int, config: EncoderConfig, latent_dim: int, pad_id: int = PAD_ID):
         super().__init__()
         self.max_positions = config.max_positions
-        self.embed = nn.Embedding(vocab_size, config.width, padding_idx=PAD_ID)
+        self.pad_id = pad_id
+        self.embed = nn.Embedding(vocab_size, config.width, padding_idx=pad_id)
         self.position = nn.Embedding(config.max_positions, config.width)
         layer = nn.TransformerEncoderLayer(config.width, config.heads, config.feedforward, config.dropout,
                                            activation="gelu", batch_first=True, norm_first=True)
@@ -56,7 +59,7 @@ class Encoder(nn.Module):
         if tokens.size(1) > self.max_positions:
             raise ValueError(f"sequence of {tokens.size(1)} tokens is longer than "
                              f"model.encoder.max_positions={self.max_positions}")
-        pad = tokens == PAD_ID  # (B, T)
+        pad = tokens == self.pad_id  # (B, T)
         positions = torch.arange(tokens.size(1), device=tokens.device)
         hidden = self.embed(tokens) + self.position(positions)  # (B, T, W)
         hidden = self.norm(self.layers(hidden, src_key_padding_mask=pad))
@@ -231,24 +234,36 @@ class VAE(nn.Module):
 
     A pretrained encoder (`model.encoder.pretrained`) needs textvae's `tokenizer` (it reads the
     sentences as text) and is loaded by its config name unless `hf_parts["encoder"]` holds its
-    (module, tokenizer) already: pre-loaded by train(), or rebuilt from an export.
+    (module, tokenizer) already: pre-loaded by train(), or rebuilt from an export. A pretrained
+    decoder (`model.decoder.type: pretrained`) likewise comes from `hf_parts["decoder"]` or its name;
+    the vocabulary (`vocab_size`, the output rows) and the special ids (`specials`) are then the LM's.
     """
 
     def __init__(self, config: ModelConfig, vocab_size: int, tokenizer=None, hf_parts: dict | None = None):
         super().__init__()
         self.config = config
+        lm_parts = None
+        self.specials = OWN_SPECIALS
+        if config.decoder.type == "pretrained":
+            lm_parts = (hf_parts or {}).get("decoder") or load_hf(config.decoder.pretrained,
+                                                                 "model.decoder.pretrained", "decoder")
+            self.specials = lm_specials(lm_parts[1])
+            vocab_size = lm_parts[0].get_output_embeddings().weight.size(0)
         self.vocab_size = vocab_size
         pretrained = config.encoder.pretrained
-        self.encoder = Encoder(vocab_size, config.encoder, config.latent_dim) if pretrained is None else None
-        decoder_class = GRUDecoder if config.decoder.type == "gru" else TransformerDecoder
-        self.decoder = decoder_class(vocab_size, config.decoder, config.latent_dim)
-        embed_dim = self.decoder.embed.embedding_dim
-        self.to_embedding = nn.Linear(self.decoder.width, embed_dim) if self.decoder.width != embed_dim else None
-        if config.decoder.tie_embeddings:
-            self.output = None
-            self.output_bias = nn.Parameter(torch.zeros(vocab_size))
-        else:
-            self.output = nn.Linear(self.decoder.width, vocab_size)
+        self.encoder = None
+        if pretrained is None:
+            self.encoder = Encoder(vocab_size, config.encoder, config.latent_dim, self.specials.pad)
+        self.decoder = self.to_embedding = self.output = self.output_bias = None
+        if lm_parts is None:
+            decoder_class = GRUDecoder if config.decoder.type == "gru" else TransformerDecoder
+            self.decoder = decoder_class(vocab_size, config.decoder, config.latent_dim)
+            embed_dim = self.decoder.embed.embedding_dim
+            self.to_embedding = nn.Linear(self.decoder.width, embed_dim) if self.decoder.width != embed_dim else None
+            if config.decoder.tie_embeddings:
+                self.output_bias = nn.Parameter(torch.zeros(vocab_size))
+            else:
+                self.output = nn.Linear(self.decoder.width, vocab_size)
         self.posterior_bn = None
         if config.posterior_bn > 0:
             # BN-VAE: each dimension's posterior means are normalised over the batch to a fixed
@@ -259,11 +274,14 @@ class VAE(nn.Module):
         self.apply(self._init_weights)
         if self.posterior_bn is not None:
             nn.init.constant_(self.posterior_bn.weight, config.posterior_bn)
-        if pretrained is not None:  # after the init above, which would overwrite its trained embeddings
+        # HF parts come after the init above, which would overwrite their trained embeddings.
+        if pretrained is not None:
             if tokenizer is None:
                 raise ValueError("a pretrained encoder needs textvae's tokenizer")
             parts = (hf_parts or {}).get("encoder") or load_hf(pretrained, "model.encoder.pretrained")
             self.encoder = PretrainedEncoder(*parts, tokenizer, config.encoder, config.latent_dim)
+        if lm_parts is not None:
+            self.decoder = PretrainedDecoder(*lm_parts, config.decoder, config.latent_dim)
 
     @staticmethod
     def _init_weights(module: nn.Module) -> None:
@@ -274,6 +292,8 @@ class VAE(nn.Module):
 
     def logits(self, features: torch.Tensor) -> torch.Tensor:
         """Vocabulary logits (..., V) from decoder features (..., H)."""
+        if isinstance(self.decoder, PretrainedDecoder):
+            return self.decoder.logits(features)
         if self.output is not None:
             return self.output(features)
         if self.to_embedding is not None:
@@ -296,14 +316,16 @@ class VAE(nn.Module):
         """Replace decoder inputs other than <bos>/pad by <unk> with probability `rate`."""
         if rate <= 0:
             return inputs
-        drop = (torch.rand(inputs.shape, device=inputs.device) < rate) & (inputs != PAD_ID) & (inputs != BOS_ID)
-        return inputs.masked_fill(drop, UNK_ID)
+        specials = self.specials
+        drop = (torch.rand(inputs.shape, device=inputs.device) < rate) & (inputs != specials.pad)
+        drop &= inputs != specials.bos
+        return inputs.masked_fill(drop, specials.unk)
 
     def reconstruction_nll(self, tokens: torch.Tensor, z: torch.Tensor, word_dropout: float = 0.0) -> torch.Tensor:
         """-log p(x|z) per sentence (B,), summed over the n+1 targets `w1 .. wn <eos>`."""
         inputs, targets = tokens[:, :-1], tokens[:, 1:]
         features, _ = self.decoder(self.word_dropout(inputs, word_dropout), z)  # (B, T, H)
-        real = targets != PAD_ID  # (B, T)
+        real = targets != self.specials.pad  # (B, T)
         token_nll = torch.cat([  # (N,): projection and softmax in row blocks that stay in cache
             F.cross_entropy(self.logits(part).float(), labels, reduction="none")
             for part, labels in zip(features[real].split(LOSS_ROWS), targets[real].split(LOSS_ROWS))])
@@ -315,6 +337,18 @@ class VAE(nn.Module):
         z = self.reparameterize(mean, logvar)
         rec = self.reconstruction_nll(tokens, z, word_dropout)
         return {"rec": rec, "mean": mean, "logvar": logvar, "z": z}
+
+
+    def tied_names(self) -> set[str]:
+        """State-dict names whose tensor shares storage with an earlier name (an LM's tied input and
+        output embeddings): an export stores such a tensor once (safetensors refuses shared ones)."""
+        seen, tied = set(), set()
+        for name, tensor in self.state_dict().items():
+            key = (tensor.data_ptr(), tuple(tensor.shape))
+            if key in seen and tensor.numel():
+                tied.add(name)
+            seen.add(key)
+        return tied
 
 
 def count_parameters(module: nn.Module) -> int:

@@ -26,7 +26,7 @@ from textvae.data import Split, load_corpus, make_loader, split_files
 from textvae.errors import UserError
 from textvae.losses import controlled_log_beta, effective_free_bits, free_bits_kl, gaussian_kl, kl_weight
 from textvae.model import VAE
-from textvae.tokenizer import clip_framed
+from textvae.tokenizer import clip_framed, special_ids
 
 log = logging.getLogger("textvae")
 
@@ -107,16 +107,19 @@ class VAESystem(L.LightningModule):
         self._shared_step(batch, "test")
 
     def parameter_groups(self) -> list[dict]:
-        """All weights at optim.lr, except a pretrained encoder's: at lr * model.encoder.lr_scale in a
-        group of their own, or left out when frozen."""
-        hf = getattr(self.model.encoder, "hf", None)
-        if hf is None:
+        """All weights at optim.lr, except those of a pretrained encoder or decoder (HF models): at
+        lr * its lr_scale in a group of their own, or left out when frozen."""
+        model = self.config.model
+        parts = [(getattr(self.model.encoder, "hf", None), model.encoder),
+                 (getattr(self.model.decoder, "hf", None), model.decoder)]
+        parts = [(hf, settings) for hf, settings in parts if hf is not None]
+        if not parts:
             return [{"params": list(self.parameters())}]
-        pretrained = {id(p) for p in hf.parameters()}
+        pretrained = {id(p) for hf, _ in parts for p in hf.parameters()}
         groups = [{"params": [p for p in self.parameters() if id(p) not in pretrained]}]
-        encoder = self.config.model.encoder
-        if not encoder.freeze:
-            groups.append({"params": list(hf.parameters()), "lr": self.config.optim.lr * encoder.lr_scale})
+        for hf, settings in parts:
+            if not settings.freeze:
+                groups.append({"params": list(hf.parameters()), "lr": self.config.optim.lr * settings.lr_scale})
         return groups
 
     def configure_optimizers(self):
@@ -142,7 +145,8 @@ class VAESystem(L.LightningModule):
 
 
 class TextDataModule(L.LightningDataModule):
-    """Train/valid/test loaders for a config; the tokenizer is trained on train unless given."""
+    """Train/valid/test loaders for a config; the tokenizer is trained on train unless given (a
+    pretrained decoder's: pretrained.text_tokenizer)."""
 
     def __init__(self, config: Config, tokenizer=None):
         super().__init__()
@@ -172,7 +176,7 @@ class TextDataModule(L.LightningDataModule):
         ids = self.corpus[split].ids if split == "train" else clip_framed(self.corpus[split].ids,
                                                                            self.config.model.max_words)[0]
         return make_loader(ids, batch_size, shuffle, self.config.seed, data.bucket_pool,
-                           world, rank, data.num_workers)
+                           world, rank, data.num_workers, special_ids(self.tokenizer).pad)
 
     def train_dataloader(self):
         return self._loader("train", True, self.config.data.batch_size)

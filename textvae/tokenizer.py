@@ -4,6 +4,9 @@ Two kinds: `word` (WordLevel over whitespace-split tokens, right for PTB whose t
 already contains a literal `<unk>`, used here as the unk token) and `bpe` (byte-level BPE for raw
 text). Special tokens have fixed ids 0..3 = <pad>, <unk>, <bos>, <eos>. The tokenizer itself
 does not add <bos>/<eos>; `frame` does, so that truncation never cuts the <eos> away.
+A pretrained decoder brings its LM's tokenizer instead (pretrained.text_tokenizer), with the LM's
+own special ids attached; `special_ids(tokenizer)` gives either, and every function here that
+frames, pads or decodes reads them from it (or takes them as an argument).
 A `tokenizer_config.json` is written beside `tokenizer.json` so the saved directory also
 loads with `transformers.AutoTokenizer`.
 """
@@ -12,7 +15,7 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
-from typing import Iterable, Iterator
+from typing import Iterable, Iterator, NamedTuple
 
 import torch
 from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
@@ -22,6 +25,24 @@ from textvae.errors import UserError
 PAD, UNK, BOS, EOS = "<pad>", "<unk>", "<bos>", "<eos>"
 SPECIAL_TOKENS = [PAD, UNK, BOS, EOS]
 PAD_ID, UNK_ID, BOS_ID, EOS_ID = range(4)
+
+
+class Specials(NamedTuple):
+    """The ids that frame, pad and drop words in a vocabulary."""
+
+    pad: int
+    unk: int
+    bos: int
+    eos: int
+
+
+OWN_SPECIALS = Specials(PAD_ID, UNK_ID, BOS_ID, EOS_ID)
+
+
+def special_ids(tokenizer) -> Specials:
+    """The special ids of `tokenizer`: 0..3 for textvae's own vocabularies; a pretrained decoder's
+    tokenizer carries its LM's own (attached by pretrained.text_tokenizer)."""
+    return getattr(tokenizer, "textvae_specials", OWN_SPECIALS)
 
 
 def train_tokenizer(lines: Iterable[str], kind: str, vocab_size: int = 10000, min_frequency: int = 1) -> Tokenizer:
@@ -53,16 +74,17 @@ def train_tokenizer(lines: Iterable[str], kind: str, vocab_size: int = 10000, mi
 def encode_batch(tokenizer: Tokenizer, sentences: list[str]) -> list[list[int]]:
     """Token ids of each sentence, without <bos>/<eos>. A literal "<pad>", "<bos>" or "<eos>" in the
     text is an unknown word (<unk>): as its special id it would mask or end the sentence."""
-    framing = {PAD_ID, BOS_ID, EOS_ID}
-    return [[UNK_ID if i in framing else i for i in encoding.ids]
+    specials = special_ids(tokenizer)
+    framing = {specials.pad, specials.bos, specials.eos}
+    return [[specials.unk if i in framing else i for i in encoding.ids]
             for encoding in tokenizer.encode_batch(sentences, add_special_tokens=False)]
 
 
-def frame(ids: list[int], max_length: int | None = None) -> list[int]:
+def frame(ids: list[int], max_length: int | None = None, specials: Specials = OWN_SPECIALS) -> list[int]:
     """`<bos> w1 .. wn <eos>`, keeping at most `max_length` words."""
     if max_length is not None:
         ids = ids[:max_length]
-    return [BOS_ID, *ids, EOS_ID]
+    return [specials.bos, *ids, specials.eos]
 
 
 def clip_framed(framed: list[list[int]], max_words: int) -> tuple[list[list[int]], int]:
@@ -73,30 +95,32 @@ def clip_framed(framed: list[list[int]], max_words: int) -> tuple[list[list[int]
     return [ids if len(ids) <= limit else [*ids[: limit - 1], ids[-1]] for ids in framed], cut
 
 
-def pad_batch(sequences: list[list[int]]) -> torch.Tensor:
+def pad_batch(sequences: list[list[int]], pad_id: int = PAD_ID) -> torch.Tensor:
     """Framed sentences as one (B, T) tensor of ids, right-padded with <pad> to the longest."""
-    tokens = torch.full((len(sequences), max(len(ids) for ids in sequences)), PAD_ID, dtype=torch.long)
+    tokens = torch.full((len(sequences), max(len(ids) for ids in sequences)), pad_id, dtype=torch.long)
     for row, ids in enumerate(sequences):
         tokens[row, : len(ids)] = torch.tensor(ids, dtype=torch.long)
     return tokens
 
 
-def length_batches(ids: list[list[int]], batch_size: int) -> Iterator[tuple[list[int], torch.Tensor]]:
+def length_batches(ids: list[list[int]], batch_size: int,
+                   pad_id: int = PAD_ID) -> Iterator[tuple[list[int], torch.Tensor]]:
     """(positions in `ids`, padded tokens) for batches of `batch_size` sentences sorted by length,
     so padding stays small; callers put results back in input order through the positions."""
     order = sorted(range(len(ids)), key=lambda i: len(ids[i]))
     for start in range(0, len(order), batch_size):
         positions = order[start: start + batch_size]
-        yield positions, pad_batch([ids[i] for i in positions])
+        yield positions, pad_batch([ids[i] for i in positions], pad_id)
 
 
 def decode_ids(tokenizer: Tokenizer, sequences: Iterable[list[int]]) -> Iterator[str]:
     """Generated ids (stopping at <eos>, skipping specials other than <unk>) back to text."""
+    specials = special_ids(tokenizer)
     for ids in sequences:
         ids = list(ids)
-        if EOS_ID in ids:
-            ids = ids[: ids.index(EOS_ID)]
-        ids = [i for i in ids if i not in (PAD_ID, BOS_ID)]
+        if specials.eos in ids:
+            ids = ids[: ids.index(specials.eos)]
+        ids = [i for i in ids if i not in (specials.pad, specials.bos)]
         if tokenizer.decoder is None:  # word level: ids map one-to-one to whitespace tokens
             yield " ".join(tokenizer.id_to_token(i) for i in ids)
         else:
@@ -105,14 +129,10 @@ def decode_ids(tokenizer: Tokenizer, sequences: Iterable[list[int]]) -> Iterator
 
 def save_tokenizer(tokenizer: Tokenizer, directory: Path) -> None:
     tokenizer.save(str(directory / "tokenizer.json"))
-    hf_config = {
-        "tokenizer_class": "PreTrainedTokenizerFast",
-        "pad_token": PAD, "unk_token": UNK, "bos_token": BOS, "eos_token": EOS,
-        "model_max_length": 1_000_000,
-    }
+    names = {f"{role}_token": tokenizer.id_to_token(i) for role, i in special_ids(tokenizer)._asdict().items()}
+    hf_config = {"tokenizer_class": "PreTrainedTokenizerFast", **names, "model_max_length": 1_000_000}
     (directory / "tokenizer_config.json").write_text(json.dumps(hf_config, indent=2) + "\n")
-    (directory / "special_tokens_map.json").write_text(
-        json.dumps({"pad_token": PAD, "unk_token": UNK, "bos_token": BOS, "eos_token": EOS}, indent=2) + "\n")
+    (directory / "special_tokens_map.json").write_text(json.dumps(names, indent=2) + "\n")
 
 
 def load_tokenizer(directory: Path) -> Tokenizer:

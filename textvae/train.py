@@ -51,7 +51,7 @@ from textvae.config import Config, dump_config
 from textvae.device import resolve_device
 from textvae.errors import Interrupted, UserError
 from textvae.loggers import make_loggers, resolve_loggers, trim_log
-from textvae.pretrained import load_parts
+from textvae.pretrained import load_parts, text_tokenizer
 from textvae.evaluate import PRIOR_STRATEGY, evaluate, training_sentences
 from textvae.system import TextDataModule, VAESystem
 
@@ -176,7 +176,8 @@ def train(config: Config, resume: bool = False, overwrite: bool = False) -> Path
         if resume_from is not None:
             resume_step = checkpoint_step(resume_from)  # refuses a checkpoint that is not plain data
     L.seed_everything(config.seed, workers=True, verbose=False)
-    datamodule = TextDataModule(config)
+    lm = hf_parts.get("decoder")  # a pretrained decoder's corpus is tokenised with its LM's tokenizer
+    datamodule = TextDataModule(config, text_tokenizer(lm[1]) if lm is not None else None)
     datamodule.prepare_data()
     datamodule.setup()
     system = VAESystem(config.to_dict(), datamodule.tokenizer.get_vocab_size(), datamodule.tokenizer, hf_parts)

@@ -1,0 +1,241 @@
+"""Pretrained Hugging Face causal LMs as p(x|z) (SPEC §10, `model.decoder.type: pretrained`).
+
+Tiny random GPT-2 (byte-level BPE, one `<|endoftext|>` for BOS, EOS and unk, no pad: both pad and
+a dedicated unk are added) and Llama (Metaspace BPE with `<unk>`, `<s>`, `</s>` and grouped-query
+attention; no pad) models are built from transformers' config classes with tokenizers trained
+here, saved into temporary directories and named by path, as a user would name a downloaded model.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+import torch
+from safetensors.torch import load_file
+
+from conftest import CONFIGS, run_cli, synthetic_sentences, text_overrides, train_debug
+from textvae.api import TextVAE
+from textvae.config import DecoderConfig, ModelConfig
+from textvae.errors import UserError
+from textvae.generate import decode_codes
+from textvae.metrics import iw_nll
+from textvae.model import VAE
+from textvae.pretrained import load_hf, text_tokenizer
+from textvae.tokenizer import encode_batch, frame, pad_batch, special_ids
+
+SENTENCES = ["the cat saw the ball", "a small bird found a red car yesterday", "my sister called her friend again"]
+QUICK = ["--trainer.max_steps", "4", "--trainer.max_epochs", "-1", "--eval.prior_samples", "6",
+         "--eval.interp_pairs", "2", "--eval.bleu_sentences", "6", "--eval.num_samples_txt", "2",
+         "--eval.iw_samples", "2", "--model.latent_dim", "8"]
+
+
+def build_tiny(kind: str, directory: Path) -> Path:
+    """Save a random 2-layer, width-32 GPT-2 or Llama and its tokenizer into `directory`."""
+    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
+    from transformers import GPT2Config, GPT2LMHeadModel, LlamaConfig, LlamaForCausalLM, PreTrainedTokenizerFast
+
+    torch.manual_seed(0)
+    text = synthetic_sentences(300, 5)
+    if kind == "gpt2":
+        tokenizer = Tokenizer(models.BPE())
+        tokenizer.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+        tokenizer.decoder = decoders.ByteLevel()
+        tokenizer.train_from_iterator(text, trainers.BpeTrainer(
+            vocab_size=300, special_tokens=["<|endoftext|>"], initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
+            show_progress=False))
+        end = "<|endoftext|>"
+        wrapped = PreTrainedTokenizerFast(tokenizer_object=tokenizer, bos_token=end, eos_token=end, unk_token=end)
+        model = GPT2LMHeadModel(GPT2Config(vocab_size=tokenizer.get_vocab_size(), n_embd=32, n_layer=2, n_head=2,
+                                           n_positions=64, bos_token_id=0, eos_token_id=0))
+    else:
+        tokenizer = Tokenizer(models.BPE(unk_token="<unk>"))
+        tokenizer.pre_tokenizer = pre_tokenizers.Metaspace()
+        tokenizer.decoder = decoders.Metaspace()
+        tokenizer.train_from_iterator(text, trainers.BpeTrainer(vocab_size=200, special_tokens=["<unk>", "<s>", "</s>"],
+                                                                 show_progress=False))
+        wrapped = PreTrainedTokenizerFast(tokenizer_object=tokenizer, bos_token="<s>", eos_token="</s>",
+                                          unk_token="<unk>")
+        model = LlamaForCausalLM(LlamaConfig(vocab_size=tokenizer.get_vocab_size(), hidden_size=32,
+                                             intermediate_size=64, num_hidden_layers=2, num_attention_heads=4,
+                                             num_key_value_heads=2, max_position_embeddings=64, bos_token_id=1,
+                                             eos_token_id=2))
+    model.save_pretrained(directory)
+    wrapped.save_pretrained(directory)
+    return directory
+
+
+@pytest.fixture(scope="module")
+def tiny_lms(tmp_path_factory) -> dict[str, Path]:
+    root = tmp_path_factory.mktemp("tiny_lm")
+    return {kind: build_tiny(kind, root / kind) for kind in ("gpt2", "llama")}
+
+
+def lm_model(directory: Path, **decoder) -> tuple[VAE, object]:
+    """An untrained VAE over the LM in `directory` (eval mode) and textvae's tokenizer for it."""
+    torch.manual_seed(0)
+    parts = load_hf(str(directory), "model.decoder.pretrained", "decoder")
+    config = ModelConfig(latent_dim=8, decoder=DecoderConfig(type="pretrained", pretrained=str(directory), **decoder))
+    tokenizer = text_tokenizer(parts[1])
+    return VAE(config, tokenizer.get_vocab_size(), tokenizer, {"decoder": parts}).eval(), tokenizer
+
+
+def batch(tokenizer, sentences=SENTENCES) -> torch.Tensor:
+    specials = special_ids(tokenizer)
+    return pad_batch([frame(ids, specials=specials) for ids in encode_batch(tokenizer, sentences)], specials.pad)
+
+
+@pytest.mark.parametrize("kind", ["gpt2", "llama"])
+def test_special_ids_come_from_the_lm_tokenizer(tiny_lms, kind, single_thread):
+    model, tokenizer = lm_model(tiny_lms[kind])
+    specials = special_ids(tokenizer)
+    assert specials == model.specials
+    hf_tokenizer = model.decoder.hf_tokenizer
+    if kind == "gpt2":  # one <|endoftext|> starts and ends sentences; pad and unk are added
+        assert specials.bos == specials.eos == hf_tokenizer.convert_tokens_to_ids("<|endoftext|>")
+        assert {hf_tokenizer.pad_token, hf_tokenizer.unk_token} == {"<pad>", "<unk>"}
+    else:  # SentencePiece-style: the LM's own <unk>, <s>, </s>; only <pad> is added
+        assert (hf_tokenizer.unk_token, hf_tokenizer.bos_token, hf_tokenizer.eos_token) == ("<unk>", "<s>", "</s>")
+        assert hf_tokenizer.pad_token == "<pad>"
+    assert len(set(specials)) == (3 if kind == "gpt2" else 4)
+    assert model.vocab_size == len(hf_tokenizer) == model.decoder.hf.get_input_embeddings().weight.size(0)
+    tokens = batch(tokenizer)
+    assert tokens[0, 0] == specials.bos and (tokens == specials.pad).any()
+    assert list(encode_batch(tokenizer, ["<unk> cat"])[0])[0] == specials.unk  # PTB's literal <unk>
+
+
+@pytest.mark.parametrize("kind", ["gpt2", "llama"])
+@pytest.mark.parametrize("injection", [{}, {"latent_as_embedding": False}, {"latent_as_memory": False}])
+def test_cached_uncached_batched_and_single_decodes_agree(tiny_lms, kind, injection, single_thread):
+    model, tokenizer = lm_model(tiny_lms[kind], **injection)
+    z = torch.randn(4, 8, generator=torch.Generator().manual_seed(1)) * 3
+    for strategy, options in (("greedy", {}), ("beam", {"beam_size": 3})):
+        cached = decode_codes(model, z, strategy, max_length=12, **options)
+        assert cached == decode_codes(model, z, strategy, max_length=12, use_cache=False, **options)
+        assert cached == [decode_codes(model, z[i: i + 1], strategy, max_length=12, **options)[0] for i in range(4)]
+    sampled = [decode_codes(model, z, "sample", 12, temperature=0.8, top_k=20, top_p=0.9,
+                            generator=torch.Generator().manual_seed(3), use_cache=use_cache) for use_cache in (True, False)]
+    assert sampled[0] == sampled[1]
+    # Teacher forcing over a padded batch gives each sentence's own likelihood.
+    tokens = batch(tokenizer)
+    codes = z[:3]
+    together = model.reconstruction_nll(tokens, codes)
+    alone = torch.cat([model.reconstruction_nll(batch(tokenizer, [s]), codes[i: i + 1]) for i, s in enumerate(SENTENCES)])
+    assert torch.allclose(together, alone, atol=1e-4)
+    # The cached step-by-step features are the teacher-forced ones.
+    features, _ = model.decoder(tokens[:, :-1], codes)
+    state = model.decoder.start(codes)
+    for position in range(3):
+        step, state = model.decoder.step(tokens[:, position], state)
+        assert torch.allclose(step, features[:, position], atol=1e-5)
+
+
+@pytest.mark.parametrize("kind", ["gpt2", "llama"])
+@pytest.mark.parametrize("injection", [{"latent_as_embedding": False}, {"latent_as_memory": False}])
+def test_changing_z_changes_the_output_distribution(tiny_lms, kind, injection, single_thread):
+    model, tokenizer = lm_model(tiny_lms[kind], **injection)
+    tokens = batch(tokenizer)
+    features = [model.decoder(tokens[:, :-1], torch.full((3, 8), value))[0] for value in (-2.0, 2.0)]
+    assert not torch.allclose(model.logits(features[0]), model.logits(features[1]), atol=1e-3)
+
+
+@pytest.mark.parametrize("kind", ["gpt2", "llama"])
+def test_iw_nll_is_at_most_the_elbo(tiny_lms, kind, single_thread):
+    model, tokenizer = lm_model(tiny_lms[kind])
+    tokens = batch(tokenizer)
+    torch.manual_seed(0)
+    estimate = iw_nll(model, tokens, 50)
+    single = torch.stack([iw_nll(model, tokens, 1).nll for _ in range(50)]).mean(0)  # the ELBO, averaged
+    assert torch.isfinite(estimate.nll).all()
+    assert (estimate.nll <= single + 1e-3).all()
+
+
+# gpt2: frozen LM, z as memory and embedding; llama: fine-tuned at half the learning rate, z as memory only.
+RUNS = {"gpt2": ["--model.decoder.freeze", "true"],
+        "llama": ["--model.decoder.latent_as_embedding", "false", "--optim.lr", "0.01", "--model.decoder.lr_scale", "0.5"]}
+
+
+@pytest.fixture(scope="module")
+def runs(tmp_path_factory, tiny_corpus, tiny_lms) -> dict[str, Path]:
+    return {kind: train_debug(tmp_path_factory.mktemp(f"{kind}_run"), text_overrides(tiny_corpus) + QUICK + [
+        "--model.decoder.type", "pretrained", "--model.decoder.pretrained", str(tiny_lms[kind]), *options])
+        for kind, options in RUNS.items()}
+
+
+@pytest.mark.parametrize("kind", ["gpt2", "llama"])
+def test_cli_training_export_and_offline_reload(runs, kind, single_thread):
+    import json
+
+    from textvae.train import load_checkpoint_model
+
+    run = runs[kind]
+    model_dir = run / "model"
+    assert {"config.json", "tokenizer.json"} <= {p.name for p in (model_dir / "decoder").iterdir()}
+    assert not list(model_dir.rglob("*.bin")) and not list(model_dir.rglob("*.pt"))  # nothing to unpickle
+    exported = TextVAE.from_pretrained(model_dir)
+    trained = load_checkpoint_model(run / "checkpoints" / "last.ckpt", exported.tokenizer)
+    nll, tokens = exported.score(SENTENCES, iw_samples=3)
+    assert torch.equal(nll, trained.score(SENTENCES, iw_samples=3)[0])
+    assert torch.equal(tokens, torch.tensor([len(ids) - 1 for ids in exported.tokenize(SENTENCES)]))
+    greedy = exported.reconstruct(SENTENCES, max_length=12)
+    assert greedy == trained.reconstruct(SENTENCES, max_length=12)
+    exported.save_pretrained(run / "again")
+    again = TextVAE.from_pretrained(run / "again")
+    assert again.reconstruct(SENTENCES, max_length=12) == greedy
+    assert len(exported.interpolate(SENTENCES[0], SENTENCES[1], steps=2, strategy="beam", max_length=12)) == 4
+    assert len(exported.sample(3, seed=0, top_p=0.9, max_length=12)) == 3
+    metrics = json.loads((run / "metrics.json").read_text())
+    for split in ("valid", "test"):  # subword perplexity, and per whitespace word + <eos>
+        assert metrics[split]["nll"] <= metrics[split]["elbo"] + 1e-4
+        # gpt2's 300 byte-level tokens split words; llama's 200 BPE tokens hold every word of the grammar whole
+        assert metrics[split]["ppl_word"] >= metrics[split]["ppl"] > 1
+        assert (metrics[split]["ppl_word"] > metrics[split]["ppl"]) == (kind == "gpt2")
+    with pytest.raises(UserError, match="pretrained decoder"):
+        exported.compress("the cat saw the ball\n")
+    result = run_cli(["generate", "--model", str(model_dir), "--n", "2", "--seed", "0", "--max-length", "10"],
+                     cwd=run.parent.parent)
+    assert result.returncode == 0 and len(result.stdout.splitlines()) == 2, result.stderr[-2000:]
+
+
+def test_frozen_lm_is_unchanged_and_fine_tuned_one_moves(runs, tiny_lms):
+    for kind, frozen in (("gpt2", True), ("llama", False)):
+        original = load_file(str(tiny_lms[kind] / "model.safetensors"))
+        exported = load_file(str(runs[kind] / "model" / "model.safetensors"))
+        same = [torch.equal(tensor, exported[f"decoder.hf.{name}"][: tensor.size(0)]) for name, tensor in original.items()]
+        assert all(same) if frozen else not all(same), kind
+        assert any(name.startswith("decoder.z_to_memory") for name in exported)
+
+
+def test_bad_name_is_one_line_and_exit_2_before_the_run_directory(tmp_path, tiny_corpus, monkeypatch):
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")  # fail at once rather than after network timeouts
+    result = run_cli(["train", "--config", str(CONFIGS / "debug.yaml"), *text_overrides(tiny_corpus),
+                      "--output_dir", "runs/bad", "--model.decoder.type", "pretrained",
+                      "--model.decoder.pretrained", "no-such-org/no-such-lm"], cwd=tmp_path)
+    assert result.returncode == 2
+    (line,) = result.stderr.strip().splitlines()
+    assert "model.decoder.pretrained" in line and "no-such-org/no-such-lm" in line and "local directory" in line
+    assert not (tmp_path / "runs").exists()
+
+
+def test_an_encoder_is_refused_as_decoder(tmp_path):
+    from transformers import BertConfig
+
+    BertConfig(vocab_size=10, hidden_size=8, num_hidden_layers=1, num_attention_heads=1,
+               intermediate_size=8).save_pretrained(tmp_path)
+    with pytest.raises(UserError, match="not a decoder-only causal LM"):
+        load_hf(str(tmp_path), "model.decoder.pretrained", "decoder")
+
+
+def test_lm_weights_train_at_their_own_learning_rate_or_not_at_all(tiny_lms):
+    from textvae.config import Config
+    from textvae.system import VAESystem
+
+    for freeze, rates in ((False, [1e-3, 5e-4]), (True, [1e-3])):
+        decoder = DecoderConfig(type="pretrained", pretrained=str(tiny_lms["gpt2"]), freeze=freeze, lr_scale=0.5)
+        config = Config(model=ModelConfig(latent_dim=8, decoder=decoder))
+        system = VAESystem(config.to_dict(), 0)
+        groups = system.parameter_groups()
+        assert [group.get("lr", config.optim.lr) for group in groups] == rates
+        lm = {id(p) for p in system.model.decoder.hf.parameters()}
+        assert not lm & {id(p) for p in groups[0]["params"]}
+        assert {id(p) for p in system.model.decoder.z_to_memory.parameters()} <= {id(p) for p in groups[0]["params"]}
