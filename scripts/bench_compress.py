@@ -1,6 +1,6 @@
 """Bits-back compression against the standard compressors, measured in the same run; one JSON line.
 
-    python scripts/bench_compress.py --model runs/ptb [--raw FILE] [--lanes 64]
+    python scripts/bench_compress.py --model runs/ptb [--raw FILE] [--lanes 64] [--device cpu]
 
 For PTB test and one raw-text file (default: the GPL-3 text in /usr/share/common-licenses):
 size, bits per character (Unicode characters) and per whitespace word, gzip -9, bzip2 -9,
@@ -10,7 +10,8 @@ also gives the model's negative ELBO in bits (rec with one z ~ q(z|x) plus the a
 summed over those lines) and how far the stream is above it, split into the header, the lanes'
 start-up (their first lines are coded with z = 0 and no bits back: -log p(x|0) minus the ELBO)
 and the rest (latent discretisation, flags, constriction's fixed-point probabilities and the
-one-sample noise of the ELBO estimate). Coding always runs on one torch thread (compress.py).
+one-sample noise of the ELBO estimate). Coding always runs on one torch thread (compress.py);
+--device (default auto) is where the model runs, and a stream decompresses only on the same kind.
 """
 
 from __future__ import annotations
@@ -31,6 +32,7 @@ import torch
 from benchlib import machine
 from textvae.api import TextVAE
 from textvae.compress import HEADER_SIZE, Layout, classify, fingerprint, split_lines
+from textvae.device import resolve_device
 from textvae.evaluate import score_ids
 from textvae.tokenizer import frame, pad_batch
 
@@ -63,8 +65,8 @@ def model_line_costs(vae: TextVAE, text: str, lanes: int) -> dict:
     first = [model_index[start] for start in layout.starts if start in model_index]
     startup = 0.0
     if first:
-        batch = pad_batch([ids[i] for i in first])
-        rec_at_zero = vae.model.reconstruction_nll(batch, torch.zeros(len(first), vae.latent_dim))
+        batch = pad_batch([ids[i] for i in first]).to(vae.device)
+        rec_at_zero = vae.model.reconstruction_nll(batch, torch.zeros(len(first), vae.latent_dim, device=vae.device))
         startup = float((rec_at_zero - elbo[first]).sum())
     return {"model_lines": len(ids), "escaped_lines": len(lines) - len(ids),
             "elbo_bits": float(elbo.sum()) / math.log(2), "elbo_nats_per_line": float(elbo.mean()),
@@ -108,12 +110,14 @@ def main() -> None:
     parser.add_argument("--ptb", default="data/ptb/ptb.test.txt", help="PTB test file")
     parser.add_argument("--raw", default="/usr/share/common-licenses/GPL-3", help="a raw-text file")
     parser.add_argument("--lanes", type=int, default=64, help="lines coded in lockstep")
+    parser.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:N or mps")
     args = parser.parse_args()
-    vae = TextVAE.from_pretrained(args.model)
+    vae = TextVAE.from_pretrained(args.model, device=resolve_device(args.device))
     model_dir = Path(args.model)
     run_json = model_dir / "run.json" if (model_dir / "run.json").is_file() else model_dir.parent / "run.json"
     report = {"benchmark": "compress", "model": str(model_dir), "fingerprint": fingerprint(vae).hex()[:16],
               "decoder": vae.config.model.decoder.type, "latent_dim": vae.latent_dim, "lanes": args.lanes,
+              "device": str(vae.device),
               "run": json.loads(run_json.read_text()) if run_json.is_file() else None,
               "ptb_test": measure(vae, Path(args.ptb), args.lanes), "raw": measure(vae, Path(args.raw), args.lanes),
               "machine": machine()}

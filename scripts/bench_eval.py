@@ -1,12 +1,13 @@
 """Wall time and MFU of the importance-weighted NLL (K = 500) on PTB test; prints one JSON line.
 
-    python scripts/bench_eval.py --model runs/ptb [--iw-samples 500] [--limit 300]
+    python scripts/bench_eval.py --model runs/ptb [--iw-samples 500] [--limit 300] [--device cuda]
     python scripts/bench_eval.py --config configs/ptb.yaml --limit 300    # untrained weights
 
 With --limit N only the first N test sentences are timed and the full-split time is
 extrapolated by token count (`extrapolated: true` in the JSON). FLOPs count 2 x the decoder
 weights per token evaluation (K per target token) plus attention terms; the encoder runs once
-per sentence and is a rounding error.
+per sentence and is a rounding error. --device (default auto) is where the model runs, and where
+the matmul rate behind MFU is measured.
 """
 
 from __future__ import annotations
@@ -18,9 +19,10 @@ import time
 import torch
 
 from textvae.api import TextVAE
-from benchlib import machine, matmul_gflops, model_flops_per_token
+from benchlib import machine, matmul_gflops, model_flops_per_token, synchronize
 from textvae.config import load_config
 from textvae.data import load_corpus
+from textvae.device import resolve_device
 from textvae.model import VAE
 from textvae.evaluate import score_ids
 
@@ -33,20 +35,24 @@ def main(argv=None) -> None:
     parser.add_argument("--iw-samples", type=int, default=500)
     parser.add_argument("--precision", choices=("32", "bf16"), default="32", help="bf16: autocast")
     parser.add_argument("--limit", type=int, default=None, help="time only the first N test sentences")
+    parser.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:N or mps")
     args = parser.parse_args(argv)
+    device = resolve_device(args.device)
     if args.model:
-        vae = TextVAE.from_pretrained(args.model, precision=args.precision)
+        vae = TextVAE.from_pretrained(args.model, device=device, precision=args.precision)
         corpus, _ = load_corpus(vae.config.data, vae.tokenizer, splits=("test",))
     else:
         config = load_config(args.config)
         corpus, tokenizer = load_corpus(config.data, splits=("train", "test"))
-        vae = TextVAE(VAE(config.model, tokenizer.get_vocab_size()), tokenizer, config, precision=args.precision)
+        vae = TextVAE(VAE(config.model, tokenizer.get_vocab_size()).to(device), tokenizer, config,
+                      precision=args.precision)
     ids = corpus["test"].ids
     subset = ids[: args.limit] if args.limit else ids
-    fp32 = matmul_gflops(torch.float32)
-    bf16 = matmul_gflops(torch.bfloat16)
+    fp32 = matmul_gflops(torch.float32, device=device)
+    bf16 = matmul_gflops(torch.bfloat16, device=device)
     start = time.perf_counter()
     nll = score_ids(vae, subset, args.iw_samples).nll
+    synchronize(device)
     seconds = time.perf_counter() - start
     subset_tokens = sum(len(x) - 1 for x in subset)
     all_tokens = sum(len(x) - 1 for x in ids)
@@ -57,7 +63,7 @@ def main(argv=None) -> None:
         "seconds_measured": seconds, "seconds": seconds * all_tokens / subset_tokens,
         "extrapolated": len(subset) < len(ids), "nll": nll.mean().item(),
         "model_gflops": achieved, "matmul_gflops_fp32": fp32, "matmul_gflops_bf16": bf16,
-        "mfu": achieved / fp32, "mfu_bf16": achieved / bf16, "precision": args.precision,
+        "mfu": achieved / fp32, "mfu_bf16": achieved / bf16, "precision": args.precision, "device": str(device),
         "threads": torch.get_num_threads(), "machine": machine()}))
 
 

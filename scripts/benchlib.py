@@ -43,15 +43,29 @@ def peak_rss_mb() -> float:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
 
 
-def matmul_gflops(dtype: torch.dtype = torch.float32, size: int = 2048, seconds: float = 1.5) -> float:
-    """Sustained GFLOP/s of (size x size) @ (size x size) in `dtype` on the CPU."""
-    a = torch.randn(size, size).to(dtype)
-    b = torch.randn(size, size).to(dtype)
+def synchronize(device: torch.device) -> None:
+    """Wait for the device's queued work, so that wall-clock times cover it (a no-op on the CPU)."""
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+    elif device.type == "mps":
+        torch.mps.synchronize()
+
+
+def matmul_gflops(dtype: torch.dtype = torch.float32, size: int = 2048, seconds: float = 1.5,
+                  device: torch.device = torch.device("cpu")) -> float:
+    """Sustained GFLOP/s of (size x size) @ (size x size) in `dtype` on `device` (on CUDA with the
+    float32 matmul precision in force: TF32 after device.resolve_device)."""
+    a = torch.randn(size, size, device=device).to(dtype)
+    b = torch.randn(size, size, device=device).to(dtype)
     torch.matmul(a, b)
+    synchronize(device)
     count, start = 0, time.perf_counter()
     while time.perf_counter() - start < seconds:
         torch.matmul(a, b)
         count += 1
+        if count % 16 == 0:  # queued GPU work finishes before the clock is read
+            synchronize(device)
+    synchronize(device)
     return 2 * size**3 * count / (time.perf_counter() - start) / 1e9
 
 
