@@ -239,3 +239,25 @@ def test_lm_weights_train_at_their_own_learning_rate_or_not_at_all(tiny_lms):
         lm = {id(p) for p in system.model.decoder.hf.parameters()}
         assert not lm & {id(p) for p in groups[0]["params"]}
         assert {id(p) for p in system.model.decoder.z_to_memory.parameters()} <= {id(p) for p in groups[0]["params"]}
+
+
+@pytest.mark.parametrize("flags, key", [
+    (["--model.decoder.type", "pretrained"], "model.decoder.pretrained"),
+    (["--model.decoder.pretrained", "gpt2"], "model.decoder.pretrained"),
+    (["--model.decoder.freeze", "true"], "model.decoder.freeze"),
+    (["--model.decoder.lr_scale", "0.1"], "model.decoder.lr_scale"),
+    (["--model.decoder.type", "pretrained", "--model.decoder.pretrained", "gpt2", "--model.decoder.latent_as_memory",
+      "false", "--model.decoder.latent_as_embedding", "false"], "model.decoder.latent_as_embedding"),
+])
+def test_pretrained_decoder_keys_are_checked(flags, key):
+    from textvae.config import load_config
+
+    with pytest.raises(UserError, match=key):
+        load_config(CONFIGS / "debug.yaml", flags)
+
+
+def test_the_gpt2_config_names_a_pretrained_decoder():
+    from textvae.config import load_config
+
+    decoder = load_config(CONFIGS / "ptb_gpt2.yaml").model.decoder
+    assert decoder.type == "pretrained" and decoder.pretrained and decoder.latent_as_memory
