@@ -24,7 +24,6 @@ from textvae.config import load_config
 from textvae.device import resolve_device
 from textvae.generate import decode_codes
 from textvae.model import VAE
-from textvae.tokenizer import EOS_ID
 
 
 def untrained(config_path: str, vocab_size: int = 10002) -> VAE:
@@ -36,11 +35,11 @@ class _NoEOS(torch.nn.Module):
 
     def __init__(self, model: VAE):
         super().__init__()
-        self.model, self.decoder = model, model.decoder
+        self.model, self.decoder, self.specials = model, model.decoder, model.specials
 
     def logits(self, features):
         logits = self.model.logits(features)
-        logits[..., EOS_ID] = float("-inf")
+        logits[..., self.specials.eos] = float("-inf")
         return logits
 
 
