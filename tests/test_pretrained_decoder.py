@@ -192,9 +192,14 @@ def test_cli_training_export_and_offline_reload(runs, kind, single_thread):
         assert (metrics[split]["ppl_word"] > metrics[split]["ppl"]) == (kind == "gpt2")
     with pytest.raises(UserError, match="pretrained decoder"):
         exported.compress("the cat saw the ball\n")
-    result = run_cli(["generate", "--model", str(model_dir), "--n", "2", "--seed", "0", "--max-length", "10"],
-                     cwd=run.parent.parent)
-    assert result.returncode == 0 and len(result.stdout.splitlines()) == 2, result.stderr[-2000:]
+    assert exported.max_new_tokens == 64  # the tiny LMs' position tables
+    with pytest.raises(UserError, match="at most 64 .*pretrained decoder has 64 positions"):
+        exported.decode(torch.zeros(1, 8), max_length=65)
+    assert len(exported.decode(torch.zeros(1, 8), strategy="sample", max_length=64, seed=0, temperature=5.0)) == 1
+    if kind == "gpt2":  # the CLI too (one kind: each call starts Python afresh)
+        result = run_cli(["generate", "--model", str(model_dir), "--n", "2", "--seed", "0", "--max-length", "10"],
+                         cwd=run.parent.parent)
+        assert result.returncode == 0 and len(result.stdout.splitlines()) == 2, result.stderr[-2000:]
 
 
 def test_frozen_lm_is_unchanged_and_fine_tuned_one_moves(runs, tiny_lms):
@@ -261,3 +266,19 @@ def test_the_gpt2_config_names_a_pretrained_decoder():
 
     decoder = load_config(CONFIGS / "ptb_gpt2.yaml").model.decoder
     assert decoder.type == "pretrained" and decoder.pretrained and decoder.latent_as_memory
+
+
+def test_a_pretrained_encoder_reads_the_lm_vocabulary(tiny_lms, tmp_path, single_thread):
+    from test_pretrained import build_tiny as build_encoder
+    from textvae.config import EncoderConfig
+
+    bert = build_encoder("bert", tmp_path / "bert")
+    parts = load_hf(str(tiny_lms["gpt2"]), "model.decoder.pretrained", "decoder")
+    tokenizer = text_tokenizer(parts[1])
+    config = ModelConfig(latent_dim=8, encoder=EncoderConfig(pretrained=str(bert)),
+                         decoder=DecoderConfig(type="pretrained", pretrained=str(tiny_lms["gpt2"])))
+    model = VAE(config, 0, tokenizer, {"decoder": parts}).eval()
+    tokens = batch(tokenizer)
+    assert model.encoder.texts(tokens) == SENTENCES  # framing and padding dropped, GPT-2's bytes decoded
+    mean, logvar = model.encode(tokens)
+    assert mean.shape == (3, 8) and torch.isfinite(logvar).all()

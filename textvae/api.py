@@ -226,8 +226,11 @@ class TextVAE:
     @property
     def max_new_tokens(self) -> int | None:
         """Most tokens one decode can produce (words + <eos>): a transformer decoder feeds <bos> and
-        each produced token but the last through its position table; a GRU has no limit (None)."""
+        each produced token but the last through its position table, as does a pretrained LM
+        through its own; a GRU has no limit (None)."""
         decoder = self.config.model.decoder
+        if decoder.type == "pretrained":
+            return self.model.decoder.max_positions
         return decoder.max_positions if decoder.type == "transformer" else None
 
     def check_max_length(self, max_length: int | None) -> int:
@@ -239,8 +242,9 @@ class TextVAE:
         if max_length < 1:
             raise UserError(f"--max-length must be at least 1, got {max_length}")
         if limit is not None and max_length > limit:
-            raise UserError(f"--max-length must be at most {limit} for this model (its transformer decoder has "
-                            f"model.decoder.max_positions={limit}), got {max_length}")
+            held = (f"its pretrained decoder has {limit} positions" if self.config.model.decoder.type == "pretrained"
+                    else f"its transformer decoder has model.decoder.max_positions={limit}")
+            raise UserError(f"--max-length must be at most {limit} for this model ({held}), got {max_length}")
         return max_length
 
     # ----------------------------------------------------------------------------- operations

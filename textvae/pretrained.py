@@ -339,6 +339,8 @@ class PretrainedDecoder(nn.Module):
         self.layers = lm.num_hidden_layers
         self.kv_heads = getattr(lm, "num_key_value_heads", None) or lm.num_attention_heads
         self.head_dim = getattr(lm, "head_dim", None) or self.width // lm.num_attention_heads
+        # Learned position tables end here; for RoPE models it is the length they were trained for.
+        self.max_positions = getattr(lm, "n_positions", None) or getattr(lm, "max_position_embeddings", None)
         # transformers renames `past_key_values` to `cache` (5.x deprecates the old name).
         forward_args = inspect.signature(module.base_model.forward).parameters
         self.cache_arg = "cache" if "cache" in forward_args else "past_key_values"
@@ -379,6 +381,8 @@ class PretrainedDecoder(nn.Module):
         """Features (B, T, H) for every input position; returns the state after the last one."""
         state = state if state is not None else self.start(z)
         start = state["position"]
+        if self.max_positions is not None and start + inputs.size(1) > self.max_positions:
+            raise ValueError(f"sequence longer than the pretrained decoder's {self.max_positions} positions")
         cache = state["cache"] if use_cache else None
         if cache is None and state["memory"] is not None:
             cache = self._memory_cache(state["memory"])
