@@ -282,3 +282,14 @@ def test_a_pretrained_encoder_reads_the_lm_vocabulary(tiny_lms, tmp_path, single
     assert model.encoder.texts(tokens) == SENTENCES  # framing and padding dropped, GPT-2's bytes decoded
     mean, logvar = model.encode(tokens)
     assert mean.shape == (3, 8) and torch.isfinite(logvar).all()
+
+
+def test_bench_lm_cache_reports_both_cases_and_identical_outputs(tiny_lms, monkeypatch, capsys, single_thread):
+    import json
+    import runpy
+
+    monkeypatch.setattr("sys.argv", ["bench_lm_cache.py", "--lm", str(tiny_lms["llama"]), "--codes", "2",
+                                     "--max-length", "5"])
+    runpy.run_path(str(CONFIGS.parent / "scripts" / "bench_lm_cache.py"), run_name="__main__")
+    lines = [json.loads(line) for line in capsys.readouterr().out.splitlines()]
+    assert [line.get("use_cache") for line in lines[:2]] == [True, False] and lines[2] == {"identical": True}
