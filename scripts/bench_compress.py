@@ -29,10 +29,9 @@ from pathlib import Path
 
 import torch
 
-from benchlib import machine
+from benchlib import device_arg, machine
 from textvae.api import TextVAE
 from textvae.compress import HEADER_SIZE, Layout, classify, fingerprint, split_lines
-from textvae.device import resolve_device
 from textvae.evaluate import score_ids
 from textvae.tokenizer import frame, pad_batch
 
@@ -110,9 +109,9 @@ def main() -> None:
     parser.add_argument("--ptb", default="data/ptb/ptb.test.txt", help="PTB test file")
     parser.add_argument("--raw", default="/usr/share/common-licenses/GPL-3", help="a raw-text file")
     parser.add_argument("--lanes", type=int, default=64, help="lines coded in lockstep")
-    parser.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:N or mps")
+    parser.add_argument("--device", type=device_arg, default="auto", help="auto, cpu, cuda, cuda:N or mps")
     args = parser.parse_args()
-    vae = TextVAE.from_pretrained(args.model, device=resolve_device(args.device))
+    vae = TextVAE.from_pretrained(args.model, device=args.device)
     model_dir = Path(args.model)
     run_json = model_dir / "run.json" if (model_dir / "run.json").is_file() else model_dir.parent / "run.json"
     report = {"benchmark": "compress", "model": str(model_dir), "fingerprint": fingerprint(vae).hex()[:16],

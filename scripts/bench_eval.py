@@ -19,10 +19,9 @@ import time
 import torch
 
 from textvae.api import TextVAE
-from benchlib import machine, matmul_gflops, model_flops_per_token, synchronize
+from benchlib import device_arg, machine, matmul_gflops, model_flops_per_token, synchronize
 from textvae.config import load_config
 from textvae.data import load_corpus
-from textvae.device import resolve_device
 from textvae.model import VAE
 from textvae.evaluate import score_ids
 
@@ -35,9 +34,9 @@ def main(argv=None) -> None:
     parser.add_argument("--iw-samples", type=int, default=500)
     parser.add_argument("--precision", choices=("32", "bf16"), default="32", help="bf16: autocast")
     parser.add_argument("--limit", type=int, default=None, help="time only the first N test sentences")
-    parser.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:N or mps")
+    parser.add_argument("--device", type=device_arg, default="auto", help="auto, cpu, cuda, cuda:N or mps")
     args = parser.parse_args(argv)
-    device = resolve_device(args.device)
+    device = args.device
     if args.model:
         vae = TextVAE.from_pretrained(args.model, device=device, precision=args.precision)
         corpus, _ = load_corpus(vae.config.data, vae.tokenizer, splits=("test",))

@@ -19,9 +19,8 @@ import time
 import torch
 
 from textvae.api import TextVAE, autocast
-from benchlib import machine, synchronize
+from benchlib import device_arg, machine, synchronize
 from textvae.config import load_config
-from textvae.device import resolve_device
 from textvae.generate import decode_codes
 from textvae.model import VAE
 
@@ -69,9 +68,9 @@ def main(argv=None) -> None:
     parser.add_argument("--batch-size", type=int, default=500)
     parser.add_argument("--max-length", type=int, default=50)
     parser.add_argument("--precision", nargs="+", choices=("32", "bf16"), default=["32", "bf16"])
-    parser.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:N or mps")
+    parser.add_argument("--device", type=device_arg, default="auto", help="auto, cpu, cuda, cuda:N or mps")
     args = parser.parse_args(argv)
-    device = resolve_device(args.device)
+    device = args.device
     if args.model:
         vae = TextVAE.from_pretrained(args.model, device=device)
         models = {vae.config.model.decoder.type: vae.model}

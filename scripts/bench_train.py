@@ -23,11 +23,10 @@ import lightning as L
 import torch
 from lightning.pytorch.callbacks import Callback
 
-from benchlib import (machine, matmul_gflops, model_flops_per_token, peak_rss_mb, pretrained_encoder_flops_per_token,
-                      synchronize)
+from benchlib import (device_arg, machine, matmul_gflops, model_flops_per_token, peak_rss_mb,
+                      pretrained_encoder_flops_per_token, synchronize)
 from textvae.config import load_config
 from textvae.data import load_corpus, make_loader
-from textvae.device import resolve_device
 from textvae.system import VAESystem
 from textvae.tokenizer import PAD_ID
 
@@ -94,11 +93,11 @@ def main(argv=None) -> None:
     parser.add_argument("--warmup", type=int, default=10, help="untimed steps first")
     parser.add_argument("--unbucketed", action="store_true", help="random padded batches instead of buckets")
     parser.add_argument("--both", action="store_true", help="bucketed and unbucketed in one run, with their ratio")
-    parser.add_argument("--device", default=None,
+    parser.add_argument("--device", type=device_arg, default=None,
                         help="auto, cpu, cuda, cuda:N or mps (default: the config's trainer.accelerator/devices)")
     args, overrides = parser.parse_known_args(argv)
     config = load_config(args.config, overrides)
-    device = resolve_device(args.device) if args.device is not None else None
+    device = args.device
     corpus, tokenizer = load_corpus(config.data, splits=("train",))
     matmul_device = device if device is not None else torch.device("cpu")
     fp32 = matmul_gflops(torch.float32, device=matmul_device)

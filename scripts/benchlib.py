@@ -15,6 +15,7 @@ sentences (tests/test_pretrained.py checks it against torch's counter too).
 
 from __future__ import annotations
 
+import argparse
 import os
 import platform
 import resource
@@ -23,6 +24,8 @@ import time
 import torch
 
 from textvae.config import ModelConfig
+from textvae.device import resolve_device
+from textvae.errors import UserError
 
 
 def machine() -> dict:
@@ -41,6 +44,15 @@ def machine() -> dict:
 
 def peak_rss_mb() -> float:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+
+
+def device_arg(value: str) -> torch.device:
+    """argparse `type` of the scripts' --device: device.resolve_device, whose error becomes
+    argparse's (one line after the usage, exit status 2)."""
+    try:
+        return resolve_device(value)
+    except UserError as error:
+        raise argparse.ArgumentTypeError(str(error)) from None
 
 
 def synchronize(device: torch.device) -> None:

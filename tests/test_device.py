@@ -4,6 +4,8 @@ evaluation and the benchmarks. The logic is tested on the CPU; tests that need C
 from __future__ import annotations
 
 import json
+import subprocess
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -11,7 +13,7 @@ import pytest
 import torch
 
 import textvae.device
-from conftest import CONFIGS, run_cli, text_overrides
+from conftest import CONFIGS, REPO, run_cli, text_overrides
 from textvae import cli
 from textvae.api import TextVAE
 from textvae.device import resolve_device
@@ -224,3 +226,14 @@ def test_finish_run_evaluates_on_the_trainers_device(tmp_path, tiny_corpus, monk
     assert np.isfinite(metrics["test"]["nll"])
     exported = TextVAE.from_pretrained(run_dir, device="cpu")
     assert exported.extra["score_quantiles"]["split"] == "valid"
+
+
+# ------------------------------------------------------------------------------ benchmarks
+@pytest.mark.parametrize("script", ["bench_eval.py", "bench_generate.py", "bench_compress.py", "bench_train.py"])
+def test_benchmarks_refuse_a_bad_device_before_any_work(script, gru_run):
+    source = ["--config", str(CONFIGS / "debug.yaml")] if script == "bench_train.py" else ["--model", str(gru_run)]
+    result = subprocess.run([sys.executable, str(REPO / "scripts" / script), *source, "--device", "tpu"],
+                            capture_output=True, text=True, timeout=120)
+    assert result.returncode == 2 and result.stdout == ""
+    assert result.stderr.splitlines()[-1].endswith("argument --device: --device must be auto, cpu, cuda, cuda:N or mps, "
+                                                   "got 'tpu'")
