@@ -116,7 +116,7 @@ def test_rate_controller_holds_the_kl_at_the_target():
         out["loss"].backward()
         optimizer.step()
         system.update_controller(out["kl"].mean().detach())
-        kls.append(float(out["kl"].mean()))
+        kls.append(float(out["kl"].mean().detach()))
         betas.append(system.beta())
     recent = sum(kls[-100:]) / 100
     assert recent == pytest.approx(target, rel=0.25)

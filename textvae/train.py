@@ -39,6 +39,7 @@ import re
 import shutil
 import subprocess
 import sys
+import warnings
 from pathlib import Path
 
 import lightning as L
@@ -214,7 +215,11 @@ def train(config: Config, resume: bool = False, overwrite: bool = False) -> Path
             trim_log(run_dir / "logs" / "metrics.csv", resume_step)  # re-logged from this step on
     resolve_device(trainer.strategy.root_device)  # on CUDA: TF32 float32 matmuls, as Lightning recommends
     try:
-        trainer.fit(system, datamodule=datamodule, ckpt_path=resume_from, weights_only=True)
+        with warnings.catch_warnings():
+            # With an OnExceptionCheckpoint among the callbacks Lightning reads ckpt_path=None as
+            # "last" and warns twice on every fresh run; a fresh run has none (prepare_run_dir).
+            warnings.filterwarnings("ignore", message=r".*ckpt_path.*")
+            trainer.fit(system, datamodule=datamodule, ckpt_path=resume_from, weights_only=True)
     except (SystemExit, SIGTERMException):
         if interrupt.signal is None:
             raise
