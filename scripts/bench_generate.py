@@ -19,7 +19,7 @@ import time
 import torch
 
 from textvae.api import TextVAE, autocast
-from benchlib import device_arg, machine, synchronize
+from benchlib import NoEOS, device_arg, machine, synchronize
 from textvae.config import load_config
 from textvae.generate import decode_codes
 from textvae.model import VAE
@@ -27,19 +27,6 @@ from textvae.model import VAE
 
 def untrained(config_path: str, vocab_size: int = 10002) -> VAE:
     return VAE(load_config(config_path).model, vocab_size).eval()
-
-
-class _NoEOS(torch.nn.Module):
-    """Wraps a model so that <eos> is never chosen: every output runs to max_length."""
-
-    def __init__(self, model: VAE):
-        super().__init__()
-        self.model, self.decoder, self.specials = model, model.decoder, model.specials
-
-    def logits(self, features):
-        logits = self.model.logits(features)
-        logits[..., self.specials.eos] = float("-inf")
-        return logits
 
 
 def time_case(model, latent_dim: int, count: int, batch_size: int, precision: str = "32",
@@ -94,7 +81,7 @@ def main(argv=None) -> None:
                                   "sentences_per_s": rate,
                                   "mean_tokens": length, "n": args.n, "machine": info}))
         if kind == "transformer":
-            fixed = _NoEOS(model)
+            fixed = NoEOS(model)
             rates = {}
             for cache in (True, False):
                 rates[cache], _ = time_case(fixed, latent_dim, args.n // 4, args.batch_size // 2, device=device,

@@ -20,6 +20,7 @@ from pathlib import Path
 
 import torch
 
+from benchlib import NoEOS
 from textvae.config import DecoderConfig, ModelConfig
 from textvae.generate import decode_codes
 from textvae.model import VAE
@@ -44,19 +45,6 @@ def random_gpt2(directory: Path) -> Path:
     return directory
 
 
-class _NoEOS(torch.nn.Module):
-    """The model with <eos> never chosen, so every output runs to max_length."""
-
-    def __init__(self, model: VAE):
-        super().__init__()
-        self.model, self.decoder, self.specials = model, model.decoder, model.specials
-
-    def logits(self, features):
-        logits = self.model.logits(features)
-        logits[..., self.specials.eos] = float("-inf")
-        return logits
-
-
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--lm", help="a saved causal LM (default: a random GPT-2-small-shaped one)")
@@ -75,7 +63,7 @@ def main() -> None:
     outputs = {}
     for use_cache in (True, False):
         start = time.perf_counter()
-        outputs[use_cache] = decode_codes(_NoEOS(model), z, "greedy", args.max_length, use_cache=use_cache)
+        outputs[use_cache] = decode_codes(NoEOS(model), z, "greedy", args.max_length, use_cache=use_cache)
         elapsed = time.perf_counter() - start
         print(json.dumps({"lm": args.lm or "random gpt2-small", "use_cache": use_cache, "codes": args.codes,
                           "tokens": args.max_length, "seconds": round(elapsed, 3),

@@ -26,6 +26,7 @@ import torch
 from textvae.config import ModelConfig
 from textvae.device import resolve_device
 from textvae.errors import UserError
+from textvae.model import VAE
 
 
 def machine() -> dict:
@@ -132,3 +133,16 @@ def pretrained_encoder_flops_per_token(encoder, ids: list[list[int]], training: 
     forward = 2 * weights * sum(lengths) + attention
     predicted = sum(len(row) - 1 for row in sample)  # w1 .. wn <eos>
     return (3 if training and not encoder.freeze else 1) * forward / predicted
+
+
+class NoEOS(torch.nn.Module):
+    """Wraps a model so that <eos> is never chosen: every output runs to max_length."""
+
+    def __init__(self, model: VAE):
+        super().__init__()
+        self.model, self.decoder, self.specials = model, model.decoder, model.specials
+
+    def logits(self, features):
+        logits = self.model.logits(features)
+        logits[..., self.specials.eos] = float("-inf")
+        return logits

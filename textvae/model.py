@@ -213,13 +213,7 @@ class TransformerDecoder(nn.Module):
         return self.dropout(self.norm(hidden)), state
 
     def step(self, token: torch.Tensor, state: dict, use_cache: bool = True):
-        if use_cache:
-            features, state = self.forward(token.unsqueeze(1), state["z"], state, use_cache=True)
-            return features[:, 0], state
-        # No cache: re-run the whole prefix every step (kept for tests and benchmarks).
-        prefix = token.unsqueeze(1) if state["prefix"] is None else torch.cat([state["prefix"], token[:, None]], 1)
-        features, _ = self.forward(prefix, state["z"], dict(state, position=0))
-        return features[:, -1], dict(state, prefix=prefix, position=prefix.size(1))
+        return cached_step(self, token, state, use_cache)
 
     @staticmethod
     def reorder(state: dict, index: torch.Tensor) -> dict:
@@ -227,6 +221,18 @@ class TransformerDecoder(nn.Module):
         memory_kv = [None if kv is None else [t[index] for t in kv] for kv in state["memory_kv"]]
         prefix = None if state["prefix"] is None else state["prefix"][index]
         return dict(state, z=state["z"][index], caches=caches, memory_kv=memory_kv, prefix=prefix)
+
+
+def cached_step(decoder: nn.Module, token: torch.Tensor, state: dict, use_cache: bool = True):
+    """One decoding step (features (B, H), next state) for a decoder whose `forward(inputs, z,
+    state, use_cache)` keeps a key/value cache in `state`; without the cache the whole prefix is
+    re-run every step (kept for tests and benchmarks: the outputs must be identical)."""
+    if use_cache:
+        features, state = decoder(token.unsqueeze(1), state["z"], state, use_cache=True)
+        return features[:, 0], state
+    prefix = token.unsqueeze(1) if state["prefix"] is None else torch.cat([state["prefix"], token[:, None]], 1)
+    features, _ = decoder(prefix, state["z"], dict(state, position=0))
+    return features[:, -1], dict(state, prefix=prefix, position=prefix.size(1))
 
 
 class VAE(nn.Module):

@@ -396,13 +396,9 @@ class PretrainedDecoder(nn.Module):
         return out.last_hidden_state, state
 
     def step(self, token: torch.Tensor, state: dict, use_cache: bool = True):
-        if use_cache:
-            features, state = self.forward(token.unsqueeze(1), state["z"], state, use_cache=True)
-            return features[:, 0], state
-        # No cache: re-run the whole prefix every step (for tests and benchmarks).
-        prefix = token.unsqueeze(1) if state["prefix"] is None else torch.cat([state["prefix"], token[:, None]], 1)
-        features, _ = self.forward(prefix, state["z"], dict(state, position=0))
-        return features[:, -1], dict(state, prefix=prefix, position=prefix.size(1))
+        from textvae.model import cached_step
+
+        return cached_step(self, token, state, use_cache)
 
     @staticmethod
     def reorder(state: dict, index: torch.Tensor) -> dict:
