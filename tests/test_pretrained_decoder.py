@@ -290,6 +290,8 @@ def test_bench_lm_cache_reports_both_cases_and_identical_outputs(tiny_lms, monke
 
     monkeypatch.setattr("sys.argv", ["bench_lm_cache.py", "--lm", str(tiny_lms["llama"]), "--codes", "2",
                                      "--max-length", "5"])
-    runpy.run_path(str(CONFIGS.parent / "scripts" / "bench_lm_cache.py"), run_name="__main__")
+    scripts = CONFIGS.parent / "scripts"
+    monkeypatch.syspath_prepend(str(scripts))  # as `python scripts/bench_lm_cache.py` would (for benchlib)
+    runpy.run_path(str(scripts / "bench_lm_cache.py"), run_name="__main__")
     lines = [json.loads(line) for line in capsys.readouterr().out.splitlines()]
     assert [line.get("use_cache") for line in lines[:2]] == [True, False] and lines[2] == {"identical": True}

@@ -51,6 +51,7 @@ def decode_codes(model: VAE, z: torch.Tensor, strategy: str = "greedy", max_leng
     if strategy == "beam":
         return _beam_search(model, z, beam_size, max_length, use_cache)
     decoder, specials = model.decoder, model.specials
+    never = never_generated(model)  # fixed for the whole decode, not rebuilt every step
     batch = z.size(0)
     state = decoder.start(z)
     token = torch.full((batch,), specials.bos, dtype=torch.long, device=z.device)
@@ -59,7 +60,7 @@ def decode_codes(model: VAE, z: torch.Tensor, strategy: str = "greedy", max_leng
     for position in range(max_length):
         features, state = decoder.step(token, state, use_cache=use_cache)
         logits = model.logits(features).float()  # (A, V)
-        logits[:, never_generated(model)] = float("-inf")
+        logits[:, never] = float("-inf")
         if strategy == "greedy":
             token = logits.argmax(-1)
         else:
@@ -88,6 +89,7 @@ def _strip(ids: list[int], specials) -> list[int]:
 
 def _beam_search(model: VAE, z: torch.Tensor, beam_size: int, max_length: int, use_cache: bool) -> list[list[int]]:
     decoder, specials = model.decoder, model.specials
+    never = never_generated(model)  # fixed for the whole decode, not rebuilt every step
     batch, device = z.size(0), z.device
     rows = batch * beam_size
     state = decoder.start(z.repeat_interleave(beam_size, dim=0))
@@ -100,7 +102,7 @@ def _beam_search(model: VAE, z: torch.Tensor, beam_size: int, max_length: int, u
     for _ in range(max_length):
         features, state = decoder.step(token, state, use_cache=use_cache)
         logits = model.logits(features).float()
-        logits[:, never_generated(model)] = float("-inf")
+        logits[:, never] = float("-inf")
         logprobs = logits.log_softmax(-1)  # (R, V)
         vocab = logprobs.size(-1)
         # A finished hypothesis only extends with padding, at no cost.
