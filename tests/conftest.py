@@ -75,9 +75,11 @@ def text_overrides(corpus: dict[str, Path]) -> list[str]:
             "--data.test_file", str(corpus["test"])]
 
 
-def run_cli(args: list[str], cwd: Path, timeout: float = 300, **kwargs) -> subprocess.CompletedProcess:
-    """Run `textvae ARGS` as a user would, in `cwd`, capturing text output."""
-    env = {**os.environ, "PYTHONWARNINGS": "ignore"}
+def run_cli(args: list[str], cwd: Path, timeout: float = 300, env_update: dict | None = None,
+            **kwargs) -> subprocess.CompletedProcess:
+    """Run `textvae ARGS` as a user would, in `cwd`, capturing text output (`env_update`: extra
+    environment variables)."""
+    env = {**os.environ, "PYTHONWARNINGS": "ignore", **(env_update or {})}
     return subprocess.run([sys.executable, "-m", "textvae.cli", *args], cwd=cwd, env=env, capture_output=True,
                           text=True, timeout=timeout, **kwargs)
 

@@ -43,6 +43,19 @@ def test_bench_train_reports_throughput_mfu_and_the_bucketing_ratio():
     assert out["unbucketed"]["padding_share"] > out["padding_share"]  # random batches pad more
 
 
+@pytest.mark.skipif(not (PTB_DIR / "ptb.train.txt").exists(), reason="PTB not linked (run scripts/get_data.sh)")
+def test_bench_data_reports_start_up_times_and_memory_per_size(tmp_path):
+    (out,) = run_script("bench_data.py", "--sizes", "3000", "--work", str(tmp_path))
+    assert set(out["sizes"]) == {"3000"}
+    for key in ("first_batch_cold_s", "first_batch_warm_s", "peak_rss_cold_mb", "peak_rss_mb"):
+        assert out["sizes"]["3000"][key] > 0, key
+    corpus = tmp_path / "corpora" / "3000" / "train.txt"
+    ptb = set((PTB_DIR / "ptb.train.txt").read_text().splitlines())
+    lines = corpus.read_text().splitlines()
+    assert len(lines) == 3000 and set(lines) <= ptb  # drawn from PTB train
+    assert not (tmp_path / "3000").exists()  # runs and caches removed, corpora kept
+
+
 def test_bench_generate_reports_each_decoder_strategy_and_precision(gru_run, transformer_run):
     rows = run_script("bench_generate.py", "--model", str(gru_run), "--n", "40", "--batch-size", "20",
                       "--max-length", "12")

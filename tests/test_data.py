@@ -24,8 +24,8 @@ from transformers import AutoTokenizer
 
 from conftest import PTB_DIR, REPO, synthetic_sentences
 from textvae.config import load_config
-from textvae.data import (PTB_MD5, SPLITS, BucketBatchSampler, load_corpus, make_loader, padding_share,
-                          ptb_files, utf8_lines)
+from textvae.data import (PTB_MD5, SPLITS, BucketBatchSampler, check_text_file, load_corpus, make_loader,
+                          padding_share, ptb_files, utf8_lines)
 from textvae.errors import UserError
 from textvae.tokenizer import (BOS_ID, EOS_ID, PAD_ID, SPECIAL_TOKENS, UNK, UNK_ID, decode_ids, encode_batch,
                                frame, load_tokenizer, save_tokenizer, train_tokenizer)
@@ -237,10 +237,10 @@ def test_long_training_lines_are_truncated_and_counted_but_not_evaluation_lines(
                          test=f"w1 w2\n{long_line}\n", max_length=4)
     corpus, _ = load_corpus(config)
     assert corpus["train"].truncated == 2
-    assert corpus["train"].lengths == [6, 4, 6]
+    assert corpus["train"].lengths.tolist() == [6, 4, 6]
     assert all(ids[-1] == EOS_ID for ids in corpus["train"].ids)
-    assert corpus["valid"].lengths == [12]
-    assert corpus["test"].lengths == [4, 12]
+    assert corpus["valid"].lengths.tolist() == [12]
+    assert corpus["test"].lengths.tolist() == [4, 12]
     assert corpus["valid"].truncated == corpus["test"].truncated == 0
 
 
@@ -510,3 +510,114 @@ def test_lightning_resume_from_a_mid_epoch_checkpoint_continues_the_epoch_order(
     resumed = _RecordBatches()
     fit(resumed, ckpt_path=tmp_path / "ckpt" / "epoch=0-step=3.ckpt", callbacks=every_3_steps("ckpt"))
     assert resumed.seen == reference.seen[3:]  # batches 4.. of epoch 0 (none repeated), then all of epoch 1
+
+
+# ---------------------------------------------------------------------------------------------
+# data.dataset: hf, and the Arrow cache of token ids
+
+
+def hf_config(path, **data):
+    return load_config(None, {"data": {"dataset": "hf", "path": str(path), **data}}).data
+
+
+def save_dataset_dict(folder: Path, column: str = "text", **splits) -> Path:
+    import datasets
+
+    datasets.DatasetDict({name: datasets.Dataset.from_dict({column: rows, "label": list(range(len(rows)))})
+                          for name, rows in splits.items()}).save_to_disk(str(folder))
+    return folder
+
+
+def test_hf_save_to_disk_folder_gives_the_same_corpus_as_the_text_files(tmp_path):
+    train, valid, test = synthetic_sentences(300, 0), synthetic_sentences(40, 1), synthetic_sentences(30, 2)
+    folder = save_dataset_dict(tmp_path / "saved", "sentence", train=train + [""], validation=valid, test=test)
+    corpus, tokenizer = load_corpus(hf_config(folder, text_column="sentence"))
+    reference, reference_tokenizer = load_corpus(text_config(tmp_path, "\n".join(train) + "\n",
+                                                             "\n".join(valid) + "\n", "\n".join(test) + "\n"))
+    assert tokenizer.get_vocab() == reference_tokenizer.get_vocab()
+    for split in SPLITS:
+        assert list(corpus[split].ids) == list(reference[split].ids)
+        assert corpus[split].lengths.tolist() == [len(x) for x in reference[split].ids]
+    assert corpus["train"].skipped_empty == 1
+
+
+def test_token_ids_live_in_a_memory_mapped_cache_file_that_a_second_load_reuses(tmp_path, monkeypatch):
+    import textvae.data as data
+
+    folder = save_dataset_dict(tmp_path / "saved", train=synthetic_sentences(200, 0),
+                               validation=synthetic_sentences(20, 1), test=synthetic_sentences(20, 2))
+    corpus, tokenizer = load_corpus(hf_config(folder))
+    ids = corpus["train"].ids
+    files = [f["filename"] for f in ids.table.cache_files]
+    assert len(files) == 1 and Path(files[0]).name.startswith("cache-")  # on disk, not in Python lists
+    assert not isinstance(ids, list) and ids.take([3, 0]) == [ids[3], ids[0]]
+
+    def refuse(*args, **kwargs):
+        raise AssertionError("tokenised again instead of read from the cache")
+
+    monkeypatch.setattr(data, "_tokenize_rows", refuse)
+    monkeypatch.setattr(data, "train_tokenizer", refuse)
+    again, again_tokenizer = load_corpus(hf_config(folder))
+    assert [f["filename"] for f in again["train"].ids.table.cache_files] == files
+    assert list(again["train"].ids) == list(ids)
+    assert again_tokenizer.get_vocab() == tokenizer.get_vocab()
+
+
+def test_missing_valid_and_test_are_carved_from_train_with_a_fixed_seed(tmp_path):
+    import datasets
+
+    rows = [f"a{i // 25} b{i % 25}" for i in range(500)]  # distinct rows; every word is in train
+    path = tmp_path / "corpus.parquet"
+    datasets.Dataset.from_dict({"text": rows}).to_parquet(str(path))
+    config = hf_config(path, holdout=50)
+    corpus, tokenizer = load_corpus(config)
+    texts = {split: list(decode_ids(tokenizer, (x[1:] for x in corpus[split].ids))) for split in SPLITS}
+    assert [len(texts[split]) for split in SPLITS] == [400, 50, 50]
+    assert sorted(texts["train"] + texts["valid"] + texts["test"]) == sorted(rows)  # disjoint, nothing lost
+    again, _ = load_corpus(config)
+    assert list(again["valid"].ids) == list(corpus["valid"].ids)  # the same carve every time
+
+
+def test_hf_errors_are_one_line_and_name_what_is_missing(tmp_path):
+    folder = save_dataset_dict(tmp_path / "saved", "sentence", train=["a b"] * 10, validation=["a"], test=["b"])
+    with pytest.raises(UserError, match=r"no column 'text' \(data.text_column\); its columns are 'sentence', 'label'"):
+        load_corpus(hf_config(folder))
+    with pytest.raises(UserError, match=r"no split 'training' \(data.splits.train\); it has 'train', 'validation', 'test'"):
+        load_corpus(hf_config(folder, text_column="sentence", splits={"train": "training"}))
+    with pytest.raises(UserError, match=r"column 'label' of .* holds .*int64.*, not text"):
+        load_corpus(hf_config(folder, text_column="label"))
+    with pytest.raises(UserError, match="data.path must be set when data.dataset is 'hf'"):
+        load_config(None, {"data": {"dataset": "hf"}})
+
+
+def test_offline_hub_id_stops_with_one_line_that_says_to_pass_a_local_path(tmp_path):
+    result = subprocess.run(
+        [sys.executable, "-m", "textvae.cli", "train", "--config", str(REPO / "configs" / "debug.yaml"),
+         "--data.dataset", "hf", "--data.path", "someone/no-such-corpus", "--output_dir", "runs/x"],
+        cwd=tmp_path, capture_output=True, text=True, timeout=120,
+        env={**__import__("os").environ, "HF_HUB_OFFLINE": "1", "HF_DATASETS_OFFLINE": "1",
+             "HF_DATASETS_CACHE": str(tmp_path / "cache")})
+    assert result.returncode == 2, result.stderr[-2000:]
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 1 and "someone/no-such-corpus" in lines[0] and "pass a local" in lines[0], lines
+    assert not [p for p in (tmp_path / "runs").rglob("*") if p.is_file()]  # nothing written
+
+
+def test_tokenizer_learns_from_at_most_tokenizer_sample_sentences(tmp_path):
+    train = "".join(f"w{i} common\n" for i in range(200))
+    corpus, tokenizer = load_corpus(text_config(tmp_path, train, tokenizer_sample=20))
+    learnt = set(tokenizer.get_vocab()) - set(SPECIAL_TOKENS)
+    assert "common" in learnt and len(learnt) == 21  # "common" and the 20 sampled w<i>
+    unknown = sum(ids.count(UNK_ID) for ids in corpus["train"].ids)
+    assert unknown == 180
+    _, everything = load_corpus(text_config(tmp_path, train, tokenizer_sample=None))
+    assert len(everything.get_vocab()) == 201 + len(SPECIAL_TOKENS)
+
+
+def test_utf8_check_names_the_line_of_a_bad_byte_beyond_the_first_block(tmp_path):
+    path = tmp_path / "big.txt"
+    good = "caf\u00e9 au lait\n".encode()
+    lines = (5 << 20) // len(good)  # past the first 4 MiB block
+    path.write_bytes(good * lines + b"bad \xc3( byte\n" + good)
+    with pytest.raises(UserError, match=rf"big.txt line {lines + 1} is not valid UTF-8 \(byte 0xc3\)"):
+        check_text_file(path)

@@ -13,8 +13,8 @@ from torch.distributions import Normal
 
 from textvae.api import TextVAE
 from textvae.config import Config, DecoderConfig, EncoderConfig, EvalConfig, ModelConfig
-from textvae.evaluate import evaluate, latent_use, score_ids
-from textvae.metrics import edit_distance, interpolation_smoothness, mutual_information
+from textvae.evaluate import evaluate, latent_use, score_ids, training_sentences
+from textvae.metrics import edit_distance, interpolation_smoothness, mutual_information, novelty
 from textvae.tokenizer import encode_batch, frame, train_tokenizer
 
 pytestmark = pytest.mark.usefixtures("single_thread")
@@ -83,10 +83,25 @@ def test_prior_diversity_comes_from_sampled_decodes():
     # A decoder that ignores z and is uniform: greedy decodes of any code are one and the same
     # sentence, samples are all different. distinct-n must describe the samples.
     vae = uniform_prior_posterior(make_vae(prior_samples=40, interp_pairs=0))
-    training = {" ".join(s.split()) for s in SENTENCES}
-    metrics, _ = evaluate(vae, framed(vae), training_text=training, iw_samples=1)
+    metrics, _ = evaluate(vae, framed(vae), training_text=training_sentences(vae, framed(vae)), iw_samples=1)
     assert metrics["distinct_2"] > 0.5 and metrics["novel"] == 1.0
     assert metrics["distinct_1_greedy"] < 0.01 and metrics["distinct_2_greedy"] < 0.01
+
+
+def test_novelty_streams_the_training_ids_once_for_the_same_samples(monkeypatch):
+    import textvae.evaluate as evaluate_module
+
+    vae = make_vae()
+    training = training_sentences(vae, framed(vae))
+    copied = " ".join(SENTENCES[1].split())
+    samples = ["  " + copied.replace(" ", "   ") + " ", "a sentence nobody wrote", copied]
+    passes = []
+    real = evaluate_module.decode_ids
+    monkeypatch.setattr(evaluate_module, "decode_ids", lambda *a: passes.append(1) or real(*a))
+    assert training.matching(samples) == {copied}
+    assert novelty(samples, training.matching(samples)) == pytest.approx(1 / 3)
+    assert len(passes) == 1  # the second question about the same samples is answered from memory
+    assert training.matching(["a sentence nobody wrote"]) == set() and len(passes) == 2
 
 
 @pytest.fixture(scope="module")

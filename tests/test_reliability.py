@@ -491,11 +491,25 @@ def test_nan_loss_stops_and_keeps_the_exported_model(tmp_path, gru_run, tiny_cor
     assert sorted(p.name for p in run_dir.iterdir() if p.name.startswith(".")) == []  # no half-written export
 
 
-def test_ddp_on_two_cpu_processes(tmp_path, tiny_corpus):
-    result = run_cli(["train", "--config", DEBUG_YAML, *text_overrides(tiny_corpus), "--output_dir", "runs/ddp",
+def test_ddp_on_two_cpu_processes_over_the_memory_mapped_cache(tmp_path, tiny_corpus):
+    import datasets
+
+    # The corpus as a `datasets` save_to_disk folder (data.dataset: hf), tokenised into a fresh cache.
+    folder = tmp_path / "corpus"
+    datasets.DatasetDict({name: datasets.Dataset.from_dict({"sentence": path.read_text().splitlines()})
+                          for name, path in (("train", tiny_corpus["train"]), ("validation", tiny_corpus["valid"]),
+                                             ("test", tiny_corpus["test"]))}).save_to_disk(str(folder))
+    cache = tmp_path / "hf_cache"
+    result = run_cli(["train", "--config", DEBUG_YAML, "--data.dataset", "hf", "--data.path", str(folder),
+                      "--data.text_column", "sentence", "--data.limit", "null", "--output_dir", "runs/ddp",
                       "--trainer.max_epochs", "1", "--trainer.accelerator", "cpu", "--trainer.devices", "2",
-                      "--trainer.strategy", "ddp", *SMALL_EVAL], cwd=tmp_path)
+                      "--trainer.strategy", "ddp", *SMALL_EVAL], cwd=tmp_path,
+                     env_update={"HF_DATASETS_CACHE": str(cache)})
     assert result.returncode == 0, result.stderr[-3000:]
+    # Both ranks read one tokenizer and one tokenised file per split: the second rank built nothing.
+    assert len(list((cache / "textvae" / "tokenizers").glob("*.json"))) == 1
+    tokenised = [p for p in folder.rglob("cache-*.arrow")]
+    assert len(tokenised) == 3, tokenised
     run_dir = tmp_path / "runs" / "ddp"
     sentences = len(tiny_corpus["train"].read_text().splitlines())
     batches = math.ceil(sentences / 32)  # debug.yaml's batch_size

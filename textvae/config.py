@@ -31,22 +31,36 @@ def _require(ok: bool, key: str, message: str, value: Any) -> None:
 
 
 @dataclass
+class SplitNames:
+    train: str = "train"  # the dataset's split that trains
+    valid: Optional[str] = "validation"  # the split for validation; absent or null: carved from train
+    test: Optional[str] = "test"  # the split for test; absent or null: carved from train
+
+
+@dataclass
 class DataConfig:
-    dataset: Literal["ptb", "text"] = "ptb"  # ptb: Mikolov's split from `root`; text: your own files
+    dataset: Literal["ptb", "text", "hf"] = "ptb"  # ptb: Mikolov's split from `root`; text: your own files; hf: HF datasets
     root: str = "data/ptb"  # where the PTB files live (downloaded here once if absent)
     download_url: str = PTB_ARCHIVE_URL  # Mikolov's simple-examples.tgz, fetched when PTB is absent
     train_file: Optional[str] = None  # dataset=text: one sentence per line, UTF-8
     valid_file: Optional[str] = None  # dataset=text: validation sentences
     test_file: Optional[str] = None  # dataset=text: test sentences
+    path: Optional[str] = None  # dataset=hf: Hub id, local dataset directory, save_to_disk folder, data file or loader name
+    name: Optional[str] = None  # dataset=hf: the dataset's configuration name (load_dataset's `name`)
+    data_files: Optional[str] = None  # dataset=hf: file or glob for load_dataset (path: parquet, json or csv)
+    text_column: str = "text"  # dataset=hf: the column holding one sentence per row
+    splits: SplitNames = field(default_factory=SplitNames)  # dataset=hf: which split serves as train/valid/test
+    holdout: int = 2000  # dataset=hf: sentences carved from train (fixed seed 0) for a split the dataset lacks
     tokenizer: Literal["word", "bpe"] = "word"  # word: whitespace WordLevel (PTB); bpe: byte-level BPE
     vocab_size: int = 10000  # bpe only: target vocabulary size including special tokens
     min_frequency: int = 1  # word types seen fewer times in train map to <unk>
+    tokenizer_sample: Optional[int] = 1_000_000  # the tokenizer learns from at most this many training sentences (null: all)
     limit: Optional[int] = None  # use only the first N sentences of each split (quick experiments)
     max_length: int = 96  # longer training sentences are truncated (counted); at most model.max_words
     batch_size: int = 64  # sentences per training batch (per device)
     eval_batch_size: int = 256  # sentences per evaluation batch
     bucket_pool: int = 100  # batches per sorting pool: bigger pools pad less, shuffle less
-    num_workers: int = 0  # DataLoader workers; batches are cheap tensors, so 0 is usually fastest
+    num_workers: int = 0  # DataLoader workers, and processes that tokenise a corpus into the cache (0: one)
 
     def __post_init__(self):
         _require(self.vocab_size >= 260, "data.vocab_size", "must be >= 260", self.vocab_size)
@@ -57,6 +71,10 @@ class DataConfig:
         _require(self.eval_batch_size >= 1, "data.eval_batch_size", "must be >= 1", self.eval_batch_size)
         _require(self.bucket_pool >= 1, "data.bucket_pool", "must be >= 1", self.bucket_pool)
         _require(self.num_workers >= 0, "data.num_workers", "must be >= 0", self.num_workers)
+        _require(self.holdout >= 1, "data.holdout", "must be >= 1", self.holdout)
+        _require(self.tokenizer_sample is None or self.tokenizer_sample >= 1, "data.tokenizer_sample",
+                 "must be >= 1 or null", self.tokenizer_sample)
+        _require(self.dataset != "hf" or bool(self.path), "data.path", "must be set when data.dataset is 'hf'", self.path)
 
 
 @dataclass

@@ -17,6 +17,7 @@
 
 from __future__ import annotations
 
+import codecs
 import functools
 import gzip
 import hashlib
@@ -30,16 +31,19 @@ import tempfile
 import urllib.error
 import urllib.request
 import zlib
-from dataclasses import dataclass, field
+from dataclasses import dataclass
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Iterable, Iterator
+
+import numpy as np
 
 import torch
 from torch.utils.data import DataLoader, Sampler
 
 from textvae.config import DataConfig
 from textvae.errors import UserError
-from textvae.tokenizer import PAD_ID, encode_batch, frame, pad_batch, special_ids, train_tokenizer
+from textvae.tokenizer import PAD_ID, Specials, encode_batch, frame, pad_batch, special_ids, train_tokenizer
 
 log = logging.getLogger("textvae")
 
@@ -140,78 +144,280 @@ def utf8_lines(lines: Iterable[bytes], name: str) -> Iterator[str]:
 
 
 def check_text_file(path: Path) -> None:
-    """Fail with the file and line of the first problem: missing, empty, not UTF-8."""
+    """Fail with the file and line of the first problem: missing, empty, not UTF-8. The file is
+    decoded in blocks of 4 MiB, so memory stays flat and a corpus of gigabytes takes seconds."""
     if not path.is_file():
         raise UserError(f"data: file not found: {path}")
+    decoder = codecs.getincrementaldecoder("utf-8")()
     blank = True
     with open(path, "rb") as handle:
-        for line in utf8_lines(handle, f"data: {path}"):  # every line is decoded, the blank check rides along
-            blank = blank and not line.strip()
+        try:
+            for block in iter(lambda: handle.read(1 << 22), b""):
+                text = decoder.decode(block)
+                blank = blank and not text.strip()
+            decoder.decode(b"", final=True)
+        except UnicodeDecodeError:  # rare: find the line again, one line at a time
+            handle.seek(0)
+            for _ in utf8_lines(handle, f"data: {path}"):
+                pass
+            raise UserError(f"data: {path} ends inside a UTF-8 character (last line)") from None
     if blank:
         raise UserError(f"data: {path} is empty")
 
 
-def read_sentences(path: Path, limit: int | None = None) -> tuple[list[str], int]:
-    """Non-empty lines of `path` (the first `limit` of them) through HF datasets (cached), and how
-    many empty lines were skipped."""
+def _datasets():
     import datasets
 
-    check_text_file(path)
     datasets.utils.logging.set_verbosity_error()
     if not sys.stderr.isatty():
         datasets.disable_progress_bars()
-    table = datasets.load_dataset("text", data_files=str(path.resolve()), split="train")
-    lines = table["text"]
-    sentences = [line for line in lines if line.strip()]
-    skipped = len(lines) - len(sentences)
-    if not sentences:
-        raise UserError(f"data: {path} has no sentences after skipping {skipped} empty lines")
-    return sentences[:limit], skipped
+    return datasets
+
+
+@dataclass
+class Source:
+    """One split's raw sentences: an Arrow-backed `datasets.Dataset` (memory-mapped from the HF
+    datasets cache), the column that holds them, and a name for messages."""
+
+    table: object
+    column: str
+    name: str
+
+
+def text_source(path: Path) -> Source:
+    """A file of one sentence per line, through `datasets`' text loader (Arrow-cached)."""
+    check_text_file(path)
+    table = _datasets().load_dataset("text", data_files=str(path.resolve()), split="train")
+    return Source(table, "text", str(path))
+
+
+HF_FILE_LOADERS = {".parquet": "parquet", ".json": "json", ".jsonl": "json", ".csv": "csv", ".txt": "text"}
+
+
+def _load_hf(config: DataConfig):
+    """What `data.path` names, as a DatasetDict (or a Dataset for a single-split save_to_disk folder)."""
+    datasets = _datasets()
+    path, local = config.path, Path(config.path).expanduser()
+    try:
+        if local.is_dir() and any((local / marker).is_file() for marker in ("dataset_dict.json", "state.json")):
+            return datasets.load_from_disk(str(local))
+        if local.is_file():
+            loader = HF_FILE_LOADERS.get(local.suffix.lower())
+            if loader is None:
+                raise UserError(f"data: data.path {path} is a file datasets cannot read "
+                                f"(use {', '.join(HF_FILE_LOADERS)})")
+            return datasets.load_dataset(loader, data_files=str(local.resolve()))
+        return datasets.load_dataset(path, config.name, data_files=config.data_files)
+    except UserError:
+        raise
+    except Exception as error:  # datasets raises many kinds: no network, no such dataset, bad files
+        reason = (str(error).strip().splitlines() or [type(error).__name__])[0]
+        hint = "" if local.exists() else "; offline, pass a local directory, save_to_disk folder or data file as data.path"
+        raise UserError(f"data: cannot load data.path {path!r} with HF datasets ({reason}){hint}") from None
+
+
+def hf_sources(config: DataConfig, splits=SPLITS) -> dict[str, Source]:
+    """`data.dataset: hf`: the train/valid/test sources that `data.splits` names; a valid or test
+    split the dataset lacks is carved from train (`data.holdout` sentences each, seed 0)."""
+    loaded = _load_hf(config)
+    available = {"train": loaded} if not hasattr(loaded, "keys") else dict(loaded)
+    names = {"train": config.splits.train, "valid": config.splits.valid, "test": config.splits.test}
+    if names["train"] not in available:
+        raise UserError(f"data: {config.path} has no split {names['train']!r} (data.splits.train); "
+                        f"it has {', '.join(map(repr, available))}")
+    train = available[names["train"]]
+    if config.text_column not in train.column_names:
+        raise UserError(f"data: {config.path} has no column {config.text_column!r} (data.text_column); "
+                        f"its columns are {', '.join(map(repr, train.column_names))}")
+    carve = [split for split in ("valid", "test") if names[split] not in available]
+    sources = {}
+    if carve:
+        needed = config.holdout * len(carve)
+        if needed >= len(train):
+            raise UserError(f"data: {config.path} split {names['train']!r} has {len(train)} rows, too few to carve "
+                            f"{needed} for {' and '.join(carve)} (data.holdout={config.holdout})")
+        held = np.sort(np.random.default_rng(0).choice(len(train), needed, replace=False))
+        keep = np.ones(len(train), dtype=bool)
+        keep[held] = False
+        for position, split in enumerate(carve):
+            part = held[position * config.holdout: (position + 1) * config.holdout]
+            sources[split] = Source(train.select(part), config.text_column,
+                                    f"{config.path} ({config.holdout} rows carved from {names['train']!r})")
+            log.info("data: %s has no %s split (%r); carved %d rows from %r with seed 0", config.path, split,
+                     names[split], config.holdout, names["train"])
+        train = train.select(np.flatnonzero(keep))
+    sources["train"] = Source(train, config.text_column, f"{config.path} split {names['train']!r}")
+    for split in ("valid", "test"):
+        if split not in sources:
+            sources[split] = Source(available[names[split]], config.text_column, f"{config.path} split {names[split]!r}")
+    for source in sources.values():
+        feature = source.table.features.get(source.column)
+        if feature is None:
+            raise UserError(f"data: {source.name} has no column {source.column!r} (data.text_column)")
+        if getattr(feature, "dtype", None) not in ("string", "large_string"):
+            raise UserError(f"data: column {source.column!r} of {source.name} holds {feature}, not text")
+    return {split: sources[split] for split in splits}
+
+
+def split_sources(config: DataConfig, splits=SPLITS) -> dict[str, Source]:
+    if config.dataset == "hf":
+        return hf_sources(config, splits)
+    files = split_files(config)
+    return {split: text_source(files[split]) for split in splits}
+
+
+class TokenIds(Sequence):
+    """The framed token ids of one split, read from its memory-mapped Arrow table: nothing is held
+    in Python lists, so memory does not grow with the corpus. Indexing gives a list of ints;
+    `take(indices)` gives a batch's rows in one Arrow call."""
+
+    def __init__(self, table):
+        self.table = table.flatten_indices() if table._indices is not None else table
+        self._column = self.table.data.column("ids")
+
+    def __len__(self) -> int:
+        return len(self._column)
+
+    def __getitem__(self, index):
+        if isinstance(index, slice):
+            return self.take(range(*index.indices(len(self))))
+        return self._column[index].as_py()
+
+    def __iter__(self):
+        for chunk in self._column.chunks:
+            yield from chunk.to_pylist()
+
+    def take(self, indices) -> list[list[int]]:
+        return self._column.take(list(indices)).to_pylist()
+
+    def __getstate__(self):  # DataLoader workers get the table (pickled by file), not the column's data
+        return {"table": self.table}
+
+    def __setstate__(self, state):
+        self.__init__(state["table"])
 
 
 @dataclass
 class Split:
-    """One tokenised split: framed ids per sentence, plus what filtering did to it."""
+    """One tokenised split: framed ids per sentence, their lengths, and what filtering did to it."""
 
     name: str
-    path: Path
-    ids: list[list[int]]
+    path: str
+    ids: Sequence  # TokenIds from the cache, or a list of framed id lists
     skipped_empty: int = 0
     truncated: int = 0
-    lengths: list[int] = field(default_factory=list)  # framed lengths (words + <bos> + <eos>)
+    lengths: np.ndarray = None  # framed lengths (words + <bos> + <eos>)
 
     def __post_init__(self):
-        self.lengths = [len(ids) for ids in self.ids]
+        if self.lengths is None:
+            self.lengths = np.fromiter((len(ids) for ids in self.ids), dtype=np.int32, count=len(self.ids))
 
 
-def tokenize_split(name: str, path: Path, sentences: list[str], skipped: int, tokenizer,
-                   max_length: int | None) -> Split:
-    if not sentences:
-        raise UserError(f"data: the {name} split ({path}) is empty after skipping empty lines")
-    words = encode_batch(tokenizer, sentences)
-    truncated = sum(len(ids) > max_length for ids in words) if max_length else 0
+CACHE_VERSION = "1"  # part of every cache key: bump when the tokenised layout changes
+
+
+def _key(*parts) -> str:
+    return hashlib.sha256("|".join(map(str, (CACHE_VERSION, *parts))).encode()).hexdigest()[:32]
+
+
+def _tokenize_rows(batch: dict, column: str, tokenizer, specials: Specials, max_length: int | None) -> dict:
+    texts = [text for text in batch[column] if isinstance(text, str) and text.strip()]
+    words = encode_batch(tokenizer, texts, specials)
+    ids = [frame(w, max_length, specials) for w in words]
+    return {"ids": ids, "length": [len(x) for x in ids],
+            "truncated": [max_length is not None and len(w) > max_length for w in words]}
+
+
+def tokenize_source(split: str, source: Source, tokenizer, max_length: int | None, limit: int | None = None,
+                    num_proc: int = 0) -> Split:
+    """Tokenise a split into the `datasets` cache with a batched `map` keyed by the source's
+    fingerprint, the tokenizer and `max_length` (a second run memory-maps the same file); empty
+    rows are dropped and counted, training rows over `max_length` are truncated and counted."""
+    datasets = _datasets()
+    table = source.table
     specials = special_ids(tokenizer)
-    split = Split(name, path, [frame(ids, max_length, specials) for ids in words], skipped, truncated)
+    features = datasets.Features({"ids": datasets.Sequence(datasets.Value("int32")),
+                                  "length": datasets.Value("int32"), "truncated": datasets.Value("bool")})
+    fingerprint = _key(table._fingerprint, source.column, _tokenizer_hash(tokenizer), tuple(specials), max_length)
+    tokenized = table.map(_tokenize_rows, batched=True, batch_size=1000, remove_columns=table.column_names,
+                          features=features, new_fingerprint=fingerprint, num_proc=num_proc or None,
+                          fn_kwargs={"column": source.column, "tokenizer": tokenizer, "specials": specials,
+                                     "max_length": max_length},
+                          desc=f"tokenising {split}")
+    skipped = len(table) - len(tokenized)
+    if not len(tokenized):
+        raise UserError(f"data: the {split} split ({source.name}) is empty after skipping empty lines")
+    if limit is not None and limit < len(tokenized):
+        tokenized = tokenized.select(range(limit))
+    lengths = tokenized.data.column("length").to_numpy()
+    truncated = int(np.count_nonzero(tokenized.data.column("truncated").to_numpy(zero_copy_only=False)))
     if skipped:
-        log.info("data: skipped %d empty lines in %s", skipped, path)
+        log.info("data: skipped %d empty lines in %s", skipped, source.name)
     if truncated:
         log.warning("data: truncated %d of %d %s sentences to data.max_length=%d tokens",
-                    truncated, len(words), name, max_length)
-    return split
+                    truncated, len(tokenized), split, max_length)
+    return Split(split, source.name, TokenIds(tokenized), skipped, truncated, lengths)
+
+
+def _tokenizer_hash(tokenizer) -> str:
+    return hashlib.sha256(tokenizer.to_str().encode()).hexdigest()
+
+
+def training_texts(source: Source, limit: int | None, sample: int | None) -> Iterator[str]:
+    """The sentences the tokenizer learns from: the first `limit` non-empty training rows when
+    `data.limit` is set, otherwise all rows, or `sample` of them drawn with seed 0 (in corpus order)."""
+    table = source.table
+    if limit is None and sample is not None and sample < len(table):
+        table = table.select(np.sort(np.random.default_rng(0).choice(len(table), sample, replace=False)))
+    seen = 0
+    for batch in table.iter(batch_size=1000):
+        for text in batch[source.column]:
+            if isinstance(text, str) and text.strip():
+                yield text
+                seen += 1
+                if limit is not None and seen >= limit:
+                    return
+
+
+def cached_tokenizer(source: Source, config: DataConfig):
+    """The vocabulary learnt from the training source, trained once and then read from the cache
+    (so DDP ranks and later runs share it)."""
+    from tokenizers import Tokenizer
+
+    key = _key(source.table._fingerprint, source.column, config.tokenizer, config.vocab_size, config.min_frequency,
+               config.limit, config.tokenizer_sample)
+    path = cache_root() / "tokenizers" / f"{key}.json"
+    if path.is_file():
+        return Tokenizer.from_file(str(path))
+    tokenizer = train_tokenizer(training_texts(source, config.limit, config.tokenizer_sample), config.tokenizer,
+                                config.vocab_size, config.min_frequency)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    partial = path.with_suffix(f".{os.getpid()}.tmp")
+    tokenizer.save(str(partial))
+    os.replace(partial, path)
+    return tokenizer
+
+
+def cache_root() -> Path:
+    return Path(_datasets().config.HF_DATASETS_CACHE) / "textvae"
 
 
 def load_corpus(config: DataConfig, tokenizer=None, splits=SPLITS):
-    """Read and tokenise the splits; trains the tokenizer on train when none is given."""
-    files = split_files(config)
-    raw = {split: read_sentences(files[split], config.limit) for split in splits}
-    if tokenizer is None:
-        train_sentences = raw["train"][0] if "train" in raw else read_sentences(files["train"], config.limit)[0]
-        tokenizer = train_tokenizer(train_sentences, config.tokenizer, config.vocab_size, config.min_frequency)
-    corpus = {
-        split: tokenize_split(split, files[split], sentences, skipped, tokenizer,
-                              config.max_length if split == "train" else None)
-        for split, (sentences, skipped) in raw.items()
-    }
+    """Read and tokenise the splits through the `datasets` cache; trains the tokenizer on train
+    when none is given. One process at a time builds a given cache (a file lock), so DDP ranks
+    started together wait for the first one and then memory-map what it wrote."""
+    from filelock import FileLock
+
+    sources = split_sources(config, tuple(dict.fromkeys((*splits, *(() if tokenizer else ("train",))))))
+    key = _key(*(sources[split].table._fingerprint for split in sorted(sources)))
+    (cache_root() / "locks").mkdir(parents=True, exist_ok=True)
+    with FileLock(str(cache_root() / "locks" / f"{key}.lock")):
+        if tokenizer is None:
+            tokenizer = cached_tokenizer(sources["train"], config)
+        corpus = {split: tokenize_source(split, sources[split], tokenizer,
+                                         config.max_length if split == "train" else None, config.limit,
+                                         config.num_workers)
+                  for split in splits}
     return corpus, tokenizer
 
 
@@ -229,7 +435,7 @@ class BucketBatchSampler(Sampler[list[int]]):
     stands and `load_state_dict()` makes the next pass over that epoch skip what was trained on.
     """
 
-    def __init__(self, lengths: list[int], batch_size: int, shuffle: bool = True, seed: int = 0,
+    def __init__(self, lengths, batch_size: int, shuffle: bool = True, seed: int = 0,
                  pool: int = 100, num_replicas: int = 1, rank: int = 0):
         if len(lengths) < num_replicas:
             raise UserError(f"data: {len(lengths)} sentences cannot be split across {num_replicas} devices")
@@ -255,7 +461,7 @@ class BucketBatchSampler(Sampler[list[int]]):
         """Make the next pass over `state["epoch"]` start after its first `state["batches"]` batches."""
         self._resume_at = (int(state["epoch"]), int(state["batches"]))
 
-    def _all_batches(self) -> list[list[int]]:
+    def _all_batches(self) -> list[torch.Tensor]:
         generator = torch.Generator().manual_seed(self.seed + self.epoch)
         count = len(self.lengths)
         if self.shuffle:
@@ -278,7 +484,7 @@ class BucketBatchSampler(Sampler[list[int]]):
                                 f"{self.num_replicas} devices; use a larger data.batch_size")
             half = len(batches[largest]) // 2
             batches[largest: largest + 1] = [batches[largest][:half], batches[largest][half:]]
-        return [batch.tolist() for batch in batches]
+        return batches
 
     def __iter__(self):
         # A generator, so the batch list is built at the first batch, after Lightning's set_epoch.
@@ -289,7 +495,7 @@ class BucketBatchSampler(Sampler[list[int]]):
         self.yielded = 0
         for batch in batches[self.skipped:]:
             self.yielded += 1
-            yield batch
+            yield batch.tolist()
 
     def __len__(self) -> int:
         return self._length // self.num_replicas
@@ -302,7 +508,7 @@ def collate(batch: list[tuple[int, list[int]]], pad_id: int = PAD_ID) -> dict[st
 
 
 class _Indexed(torch.utils.data.Dataset):
-    def __init__(self, ids: list[list[int]]):
+    def __init__(self, ids: Sequence):
         self.ids = ids
 
     def __len__(self):
@@ -310,6 +516,10 @@ class _Indexed(torch.utils.data.Dataset):
 
     def __getitem__(self, index):
         return index, self.ids[index]
+
+    def __getitems__(self, indices: list[int]):  # the DataLoader fetches a whole batch in one call
+        rows = self.ids.take(indices) if isinstance(self.ids, TokenIds) else [self.ids[i] for i in indices]
+        return list(zip(indices, rows))
 
 
 class ResumableLoader(DataLoader):
@@ -340,9 +550,13 @@ class ResumableLoader(DataLoader):
         self.batch_sampler.load_state_dict(state)
 
 
-def make_loader(ids: list[list[int]], batch_size: int, shuffle: bool, seed: int = 0, pool: int = 100,
-                num_replicas: int = 1, rank: int = 0, num_workers: int = 0, pad_id: int = PAD_ID) -> ResumableLoader:
-    sampler = BucketBatchSampler([len(x) for x in ids], batch_size, shuffle, seed, pool, num_replicas, rank)
+def make_loader(ids: Sequence, batch_size: int, shuffle: bool, seed: int = 0, pool: int = 100,
+                num_replicas: int = 1, rank: int = 0, num_workers: int = 0, pad_id: int = PAD_ID,
+                lengths: np.ndarray | None = None) -> ResumableLoader:
+    """Bucketed batches of framed `ids` (lists, or a split's memory-mapped TokenIds with its `lengths`)."""
+    if lengths is None:
+        lengths = np.fromiter((len(x) for x in ids), dtype=np.int64, count=len(ids))
+    sampler = BucketBatchSampler(lengths, batch_size, shuffle, seed, pool, num_replicas, rank)
     return ResumableLoader(_Indexed(ids), batch_sampler=sampler, collate_fn=functools.partial(collate, pad_id=pad_id),
                            num_workers=num_workers, persistent_workers=num_workers > 0)
 

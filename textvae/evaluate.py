@@ -18,7 +18,7 @@ from __future__ import annotations
 
 import dataclasses
 import sys
-from typing import TYPE_CHECKING, NamedTuple
+from typing import TYPE_CHECKING, Iterable, NamedTuple
 
 import torch
 
@@ -88,12 +88,12 @@ def _pairs(count: int, pairs: int, seed: int) -> list[tuple[int, int]]:
 
 
 @torch.no_grad()
-def evaluate(vae: "TextVAE", ids: list[list[int]], training_text: set[str] | None = None,
+def evaluate(vae: "TextVAE", ids: list[list[int]], training_text: TrainingText | None = None,
              iw_samples: int | None = None, seed: int = 0, progress: bool | None = None):
     """The metrics of `vae` on framed sentences `ids`, and the per-sentence `Scores`.
 
     Counts come from `vae.config.eval` (`bleu_sentences`, `interp_pairs`, `prior_samples`);
-    `training_text` (whitespace-normalised training sentences) enables the prior-sample metrics.
+    `training_text` (training_sentences: the corpus for novelty) enables the prior-sample metrics.
     """
     settings = vae.config.eval
     iw_samples = iw_samples or settings.iw_samples
@@ -147,7 +147,7 @@ def latent_use(vae: "TextVAE", ids: list[list[int]], means: torch.Tensor, seed: 
     return metrics
 
 
-def prior_diversity(vae: "TextVAE", training_text: set[str], count: int, seed: int = 0) -> dict:
+def prior_diversity(vae: "TextVAE", training_text: TrainingText, count: int, seed: int = 0) -> dict:
     """distinct-1/2 and novelty of `count` sampled decodes of prior codes, plus distinct-1/2 of
     greedy decodes of the same codes."""
     generator = torch.Generator(device=vae.device).manual_seed(seed)
@@ -155,13 +155,35 @@ def prior_diversity(vae: "TextVAE", training_text: set[str], count: int, seed: i
     sampled = vae.decode(z, strategy="sample", seed=seed)
     greedy = vae.decode(z, strategy="greedy")
     return {"distinct_1": distinct_n(sampled, 1), "distinct_2": distinct_n(sampled, 2),
-            "novel": novelty(sampled, training_text),
+            "novel": novelty(sampled, training_text.matching(sampled)),
             "distinct_1_greedy": distinct_n(greedy, 1), "distinct_2_greedy": distinct_n(greedy, 2)}
 
 
-def training_sentences(vae: "TextVAE", ids: list[list[int]]) -> set[str]:
-    """Whitespace-normalised training sentences, for novelty."""
-    return {" ".join(s.split()) for s in decode_ids(vae.tokenizer, (x[1:] for x in ids))}
+class TrainingText:
+    """The training sentences as the model's tokenizer decodes them, for novelty. They are never
+    held as a set: `matching(samples)` streams the framed training ids (memory-mapped for a large
+    corpus) and returns the whitespace-normalised samples that occur among them, remembering the
+    answer, so valid and test, which draw the same prior samples, decode the corpus once."""
+
+    def __init__(self, tokenizer, ids):
+        self.tokenizer, self.ids = tokenizer, ids
+        self._answers: dict[frozenset, set[str]] = {}
+
+    def matching(self, samples: Iterable[str]) -> set[str]:
+        wanted = frozenset(" ".join(sample.split()) for sample in samples)
+        if wanted not in self._answers:
+            found = set()
+            for text in decode_ids(self.tokenizer, (x[1:] for x in self.ids)):
+                text = " ".join(text.split())
+                if text in wanted:
+                    found.add(text)
+            self._answers[wanted] = found
+        return self._answers[wanted]
+
+
+def training_sentences(vae: "TextVAE", ids) -> TrainingText:
+    """The training split's framed `ids` (lists or a memory-mapped TokenIds), for novelty."""
+    return TrainingText(vae.tokenizer, ids)
 
 
 def evaluate_model(model: str = "runs/latest", split: str = "test", iw_samples: int | None = None, seed: int = 0,

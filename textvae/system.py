@@ -155,7 +155,8 @@ class TextDataModule(L.LightningDataModule):
         self.corpus: dict[str, Split] = {}
 
     def prepare_data(self):
-        split_files(self.config.data)  # downloads PTB once, on the main process only
+        if self.config.data.dataset != "hf":
+            split_files(self.config.data)  # downloads PTB once, on the main process only
 
     def setup(self, stage: str | None = None):
         if not self.corpus:
@@ -173,10 +174,12 @@ class TextDataModule(L.LightningDataModule):
         trainer = self.trainer
         world, rank = (trainer.world_size, trainer.global_rank) if trainer is not None else (1, 0)
         data = self.config.data
-        ids = self.corpus[split].ids if split == "train" else clip_framed(self.corpus[split].ids,
-                                                                           self.config.model.max_words)[0]
+        if split == "train":  # memory-mapped ids with their lengths
+            ids, lengths = self.corpus[split].ids, self.corpus[split].lengths
+        else:
+            ids, lengths = clip_framed(self.corpus[split].ids, self.config.model.max_words)[0], None
         return make_loader(ids, batch_size, shuffle, self.config.seed, data.bucket_pool,
-                           world, rank, data.num_workers, special_ids(self.tokenizer).pad)
+                           world, rank, data.num_workers, special_ids(self.tokenizer).pad, lengths)
 
     def train_dataloader(self):
         return self._loader("train", True, self.config.data.batch_size)

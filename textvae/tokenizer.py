@@ -13,6 +13,7 @@ loads with `transformers.AutoTokenizer`.
 
 from __future__ import annotations
 
+import itertools
 import json
 from pathlib import Path
 from typing import Iterable, Iterator, NamedTuple
@@ -71,10 +72,11 @@ def train_tokenizer(lines: Iterable[str], kind: str, vocab_size: int = 10000, mi
     return tokenizer
 
 
-def encode_batch(tokenizer: Tokenizer, sentences: list[str]) -> list[list[int]]:
+def encode_batch(tokenizer: Tokenizer, sentences: list[str], specials: Specials | None = None) -> list[list[int]]:
     """Token ids of each sentence, without <bos>/<eos>. A literal "<pad>", "<bos>" or "<eos>" in the
-    text is an unknown word (<unk>): as its special id it would mask or end the sentence."""
-    specials = special_ids(tokenizer)
+    text is an unknown word (<unk>): as its special id it would mask or end the sentence. `specials`
+    defaults to the tokenizer's (pass them where it travels through pickling, which drops them)."""
+    specials = specials or special_ids(tokenizer)
     framing = {specials.pad, specials.bos, specials.eos}
     return [[specials.unk if i in framing else i for i in encoding.ids]
             for encoding in tokenizer.encode_batch(sentences, add_special_tokens=False)]
@@ -116,15 +118,17 @@ def length_batches(ids: list[list[int]], batch_size: int,
 def decode_ids(tokenizer: Tokenizer, sequences: Iterable[list[int]]) -> Iterator[str]:
     """Generated ids (stopping at <eos>, skipping specials other than <unk>) back to text."""
     specials = special_ids(tokenizer)
-    for ids in sequences:
-        ids = list(ids)
-        if specials.eos in ids:
-            ids = ids[: ids.index(specials.eos)]
-        ids = [i for i in ids if i not in (specials.pad, specials.bos)]
-        if tokenizer.decoder is None:  # word level: ids map one-to-one to whitespace tokens
-            yield " ".join(tokenizer.id_to_token(i) for i in ids)
-        else:
-            yield tokenizer.decode(ids, skip_special_tokens=False).strip()
+    sequences = iter(sequences)
+    while chunk := list(itertools.islice(sequences, 1024)):  # decode_batch: one call per chunk, in Rust
+        cleaned = []
+        for ids in chunk:
+            ids = list(ids)
+            if specials.eos in ids:
+                ids = ids[: ids.index(specials.eos)]
+            cleaned.append([i for i in ids if i not in (specials.pad, specials.bos)])
+        # Without a decoder (word level) tokenizers joins the tokens with single spaces.
+        for text in tokenizer.decode_batch(cleaned, skip_special_tokens=False):
+            yield text.strip()
 
 
 def save_tokenizer(tokenizer: Tokenizer, directory: Path) -> None:
