@@ -5,25 +5,42 @@
 #
 # Usage: scripts/reproduce_ptb.sh [extra train flags, e.g. --trainer.max_epochs 3]
 #   CONFIGS="ptb ptb_transformer"  the configs to run (the default); entries of the same name in the
-#                                   results file are replaced and the others kept
+#                                   results file are replaced and the others kept; NAME=CONFIG runs
+#                                   configs/CONFIG.yaml under the name NAME
 #   RATES="5 15 30 50"              instead: the rate sweep (the Pareto table), configs/ptb.yaml with
 #                                   --kl.target_rate R for each R, as entries named ptb_rate_R
+#   IW_SAMPLES=500                  K of the evaluations (500 for reported numbers)
+#   VALID=eval                      evaluate valid at K too; VALID=train takes valid from the run's
+#                                   metrics.json (K = eval.iw_samples of training) and saves the time
+#   EVAL_ONLY=1 RUNS=dir            evaluate the runs already in dir/NAME instead of training them
+#                                   (train_seconds: from run.json to metrics.json)
 # Valid figures are for choosing between runs; test figures are only quoted for the final table.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 scripts/get_data.sh 2>/dev/null || true  # offline copy if there is one; textvae downloads PTB otherwise
 results=scripts/results/ptb.json
+runs=${RUNS:-runs}
+iw=${IW_SAMPLES:-500}
 
 run() {  # run NAME CONFIG [train flags...]
   local name=$1 config=$2
   shift 2
-  local start train_seconds eval_seconds valid test
+  local start train_seconds eval_seconds valid test dir="${runs}/${name}"
+  if [ -n "${EVAL_ONLY:-}" ]; then
+    train_seconds=$(( $(stat -c %Y "${dir}/metrics.json") - $(stat -c %Y "${dir}/run.json") ))
+  else
+    start=$(date +%s)
+    textvae train --config "${config}" --output_dir "${dir}" --overwrite "$@"
+    train_seconds=$(( $(date +%s) - start ))
+  fi
   start=$(date +%s)
-  textvae train --config "${config}" --output_dir "runs/${name}" --overwrite "$@"
-  train_seconds=$(( $(date +%s) - start ))
-  start=$(date +%s)
-  valid=$(textvae evaluate --model "runs/${name}" --split valid --iw-samples 500 --precision bf16 --json)
-  test=$(textvae evaluate --model "runs/${name}" --split test --iw-samples 500 --precision bf16 --json)
+  if [ "${VALID:-eval}" = train ]; then
+    valid=$(python3 -c 'import json, sys; m = json.load(open(sys.argv[1]))
+print(json.dumps({**m["valid"], "split": "valid", "iw_samples": m["iw_samples"], "precision": "32"}))' "${dir}/metrics.json")
+  else
+    valid=$(textvae evaluate --model "${dir}" --split valid --iw-samples "${iw}" --precision bf16 --json)
+  fi
+  test=$(textvae evaluate --model "${dir}" --split test --iw-samples "${iw}" --precision bf16 --json)
   eval_seconds=$(( $(date +%s) - start ))
   echo "${name}: trained in ${train_seconds}s, evaluated in ${eval_seconds}s" >&2
   python3 - "$results" "$name" "$config" "$train_seconds" "$eval_seconds" "$valid" "$test" "$*" <<'PY'
@@ -49,8 +66,8 @@ if [ -n "${RATES:-}" ]; then
     run "ptb_rate_${rate}" configs/ptb.yaml --kl.target_rate "${rate}" --kl.free_bits 0 "$@"
   done
 else
-  for name in ${CONFIGS:-ptb ptb_transformer}; do
-    run "${name}" "configs/${name}.yaml" "$@"
+  for item in ${CONFIGS:-ptb ptb_transformer}; do  # NAME, or NAME=CONFIG to file configs/CONFIG.yaml as NAME
+    run "${item%%=*}" "configs/${item#*=}.yaml" "$@"
   done
 fi
 echo "wrote ${results}" >&2

@@ -621,3 +621,36 @@ def test_utf8_check_names_the_line_of_a_bad_byte_beyond_the_first_block(tmp_path
     path.write_bytes(good * lines + b"bad \xc3( byte\n" + good)
     with pytest.raises(UserError, match=rf"big.txt line {lines + 1} is not valid UTF-8 \(byte 0xc3\)"):
         check_text_file(path)
+
+
+def reference_batches(lengths, batch_size, shuffle, seed, pool, replicas, epoch):
+    """The bucketing rule written plainly: shuffle, sort each pool stably by length, cut, shuffle
+    the batches, halve the largest until the count divides by the replicas."""
+    generator = torch.Generator().manual_seed(seed + epoch)
+    lengths = torch.tensor(lengths)
+    order = torch.randperm(len(lengths), generator=generator) if shuffle else torch.arange(len(lengths))
+    size = batch_size * pool if shuffle else len(lengths)
+    batches = []
+    for start in range(0, len(lengths), size):
+        chunk = order[start: start + size]
+        batches += [b.tolist() for b in chunk[torch.argsort(lengths[chunk], stable=True)].split(batch_size)]
+    if shuffle:
+        batches = [batches[i] for i in torch.randperm(len(batches), generator=generator).tolist()]
+    while len(batches) % replicas:
+        i = max(range(len(batches)), key=lambda j: len(batches[j]))
+        batches[i: i + 1] = [batches[i][: len(batches[i]) // 2], batches[i][len(batches[i]) // 2:]]
+    return batches
+
+
+@pytest.mark.parametrize("count,batch_size,pool,replicas,shuffle", [
+    (985, 32, 3, 1, True), (985, 32, 3, 2, True), (1000, 7, 5, 3, True), (37, 4, 2, 4, True), (985, 32, 3, 2, False)])
+def test_vectorised_sampler_gives_the_batches_of_the_plain_rule(count, batch_size, pool, replicas, shuffle):
+    rng = random.Random(count)
+    lengths = [rng.randint(2, 60) for _ in range(count)]
+    for epoch in (0, 3):
+        expected = reference_batches(lengths, batch_size, shuffle, 7, pool, replicas, epoch)
+        for rank in range(replicas):
+            sampler = BucketBatchSampler(lengths, batch_size, shuffle, 7, pool, replicas, rank)
+            sampler.set_epoch(epoch)
+            assert list(sampler) == expected[rank::replicas]
+            assert len(sampler) == len(expected) // replicas

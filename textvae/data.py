@@ -439,13 +439,19 @@ class BucketBatchSampler(Sampler[list[int]]):
                  pool: int = 100, num_replicas: int = 1, rank: int = 0):
         if len(lengths) < num_replicas:
             raise UserError(f"data: {len(lengths)} sentences cannot be split across {num_replicas} devices")
-        self.lengths = torch.as_tensor(lengths)
+        self.lengths = torch.as_tensor(lengths, dtype=torch.int64)
         self.batch_size, self.shuffle, self.seed, self.pool = batch_size, shuffle, seed, pool
         self.num_replicas, self.rank = num_replicas, rank
         self.epoch = 0
         # Lightning calls set_epoch on `dataloader.batch_sampler.sampler`; point it here.
         self.sampler = self
-        self._length = len(self._all_batches())
+        # Halving the largest batch until the count divides evenly adds one batch each time, which
+        # works while there are fewer batches than sentences.
+        batches = len(self._spans(len(lengths)))
+        self._length = batches + (-batches) % num_replicas
+        if self._length > len(lengths):
+            raise UserError(f"data: {len(lengths)} sentences in batches of 1 cannot be split evenly across "
+                            f"{num_replicas} devices; use a larger data.batch_size")
         self.skipped = 0  # batches of this pass skipped on resume (already trained on)
         self.yielded = 0  # batches of this pass handed out so far
         self._resume_at: tuple[int, int] | None = None
@@ -461,41 +467,49 @@ class BucketBatchSampler(Sampler[list[int]]):
         """Make the next pass over `state["epoch"]` start after its first `state["batches"]` batches."""
         self._resume_at = (int(state["epoch"]), int(state["batches"]))
 
-    def _all_batches(self) -> list[torch.Tensor]:
+    def _spans(self, count: int) -> list[tuple[int, int]]:
+        """(start, end) of each batch in the pool-sorted order, before shuffling: pools of
+        `batch_size * pool` sentences (one pool without shuffling) cut into batches."""
+        pool_size = self.batch_size * self.pool if self.shuffle else count
+        return [(start, min(start + self.batch_size, pool_end))
+                for pool_start in range(0, count, pool_size)
+                for pool_end in (min(pool_start + pool_size, count),)
+                for start in range(pool_start, pool_end, self.batch_size)]
+
+    def _all_batches(self) -> tuple[torch.Tensor, list[tuple[int, int]]]:
+        """This epoch's sentence order and its batches as spans of it. Vectorised: one stable
+        sort by (pool, length) instead of a sort per pool, and spans instead of tensors, so that
+        millions of sentences take a fraction of a second."""
         generator = torch.Generator().manual_seed(self.seed + self.epoch)
         count = len(self.lengths)
+        order = torch.randperm(count, generator=generator) if self.shuffle else torch.arange(count)
+        pool_size = self.batch_size * self.pool if self.shuffle else count
+        key = torch.arange(count) // pool_size * (int(self.lengths.max()) + 1) + self.lengths[order]
+        order = order[torch.argsort(key, stable=True)]
+        spans = self._spans(count)
         if self.shuffle:
-            order = torch.randperm(count, generator=generator)
-            pool_size = self.batch_size * self.pool
-        else:
-            order = torch.arange(count)
-            pool_size = count
-        batches = []
-        for start in range(0, count, pool_size):
-            pool = order[start: start + pool_size]
-            pool = pool[torch.argsort(self.lengths[pool], stable=True)]
-            batches.extend(pool.split(self.batch_size))
-        if self.shuffle:
-            batches = [batches[i] for i in torch.randperm(len(batches), generator=generator)]
-        while len(batches) % self.num_replicas:
-            largest = max(range(len(batches)), key=lambda i: len(batches[i]))
-            if len(batches[largest]) == 1:
+            spans = [spans[i] for i in torch.randperm(len(spans), generator=generator).tolist()]
+        while len(spans) % self.num_replicas:
+            largest = max(range(len(spans)), key=lambda i: spans[i][1] - spans[i][0])
+            start, end = spans[largest]
+            if end - start == 1:
                 raise UserError(f"data: {count} sentences in batches of 1 cannot be split evenly across "
                                 f"{self.num_replicas} devices; use a larger data.batch_size")
-            half = len(batches[largest]) // 2
-            batches[largest: largest + 1] = [batches[largest][:half], batches[largest][half:]]
-        return batches
+            half = start + (end - start) // 2
+            spans[largest: largest + 1] = [(start, half), (half, end)]
+        return order, spans
 
     def __iter__(self):
         # A generator, so the batch list is built at the first batch, after Lightning's set_epoch.
-        batches = self._all_batches()[self.rank:: self.num_replicas]
+        order, spans = self._all_batches()
+        spans = spans[self.rank:: self.num_replicas]
         if self._resume_at is not None:
             epoch, done = self._resume_at
             self._resume_at, self.skipped = None, done if epoch == self.epoch else 0
         self.yielded = 0
-        for batch in batches[self.skipped:]:
+        for start, end in spans[self.skipped:]:
             self.yielded += 1
-            yield batch.tolist()
+            yield order[start:end].tolist()
 
     def __len__(self) -> int:
         return self._length // self.num_replicas
