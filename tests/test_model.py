@@ -121,6 +121,7 @@ Z_INJECTIONS = [
     ("gru", {}),
     ("gru", {"z_init_hidden": True, "z_concat_input": False}),
     ("gru", {"z_init_hidden": False, "z_concat_input": True}),
+    ("gru", {"z_init_hidden": False, "z_concat_input": False, "z_skip": True}),
     ("transformer", {}),
     ("transformer", {"z_cross_attention": True, "z_add_input": False}),
     ("transformer", {"z_cross_attention": False, "z_add_input": True}),
@@ -149,6 +150,10 @@ def test_disabled_injections_remove_their_parameters():
     assert gru.decoder.gru.input_size == 24 + 8
     gru = tiny_model("gru", z_init_hidden=True, z_concat_input=False)
     assert gru.decoder.gru.input_size == 24
+    assert gru.decoder.z_to_output is None  # z_skip is off by default
+    gru = tiny_model("gru", z_init_hidden=False, z_concat_input=False, z_skip=True)
+    assert gru.decoder.z_to_hidden is None and gru.decoder.gru.input_size == 24
+    assert gru.decoder.z_to_output.out_features == gru.decoder.width
     transformer = tiny_model("transformer", z_cross_attention=False, z_add_input=True)
     assert transformer.decoder.z_to_memory is None
     assert not any(block.cross for block in transformer.decoder.blocks)

@@ -120,6 +120,7 @@ class DecoderConfig:
     dropout: float = 0.3  # dropout on embeddings and decoder outputs
     z_init_hidden: bool = True  # gru: z sets the initial hidden state of every layer
     z_concat_input: bool = True  # gru: z is concatenated to every input embedding
+    z_skip: bool = False  # gru: a projection of z is added to every output, right before the softmax (skip-VAE)
     z_cross_attention: bool = True  # transformer: z is the cross-attention memory
     z_add_input: bool = True  # transformer: a projection of z is added to every input embedding
     memory_slots: int = 4  # transformer: z is projected to this many memory vectors
@@ -156,8 +157,10 @@ class DecoderConfig:
             _require(self.z_cross_attention or self.z_add_input, "model.decoder.z_add_input",
                      "must be true when z_cross_attention is false (z would be ignored)", self.z_add_input)
         elif self.type == "gru":
-            _require(self.z_init_hidden or self.z_concat_input, "model.decoder.z_concat_input",
-                     "must be true when z_init_hidden is false (z would be ignored)", self.z_concat_input)
+            _require(self.z_init_hidden or self.z_concat_input or self.z_skip, "model.decoder.z_concat_input",
+                     "must be true when z_init_hidden and z_skip are false (z would be ignored)", self.z_concat_input)
+        if self.type != "gru":
+            _require(not self.z_skip, "model.decoder.z_skip", "needs model.decoder.type: gru", self.z_skip)
         _require(self.feedforward >= 1, "model.decoder.feedforward", "must be >= 1", self.feedforward)
         _require(0.0 <= self.dropout < 1.0, "model.decoder.dropout", "must be in [0, 1)", self.dropout)
         _require(self.memory_slots >= 1, "model.decoder.memory_slots", "must be >= 1", self.memory_slots)

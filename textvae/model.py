@@ -78,6 +78,9 @@ class GRUDecoder(nn.Module):
         self.gru = nn.GRU(input_dim, config.hidden, config.layers, batch_first=True,
                           dropout=config.dropout if config.layers > 1 else 0.0)
         self.z_to_hidden = nn.Linear(latent_dim, config.hidden * config.layers) if config.z_init_hidden else None
+        # Skip connection (Dieng et al. 2019): z reaches every output directly, not only through
+        # the recurrence that the decoder can learn to ignore.
+        self.z_to_output = nn.Linear(latent_dim, config.hidden) if config.z_skip else None
         self.dropout = nn.Dropout(config.dropout)
         self.width = config.hidden
 
@@ -97,6 +100,8 @@ class GRUDecoder(nn.Module):
         if self.config.z_concat_input:
             embedded = torch.cat([embedded, state["z"].unsqueeze(1).expand(-1, inputs.size(1), -1)], dim=-1)
         output, hidden = self.gru(embedded, state["hidden"])  # (B, T, H), (L, B, H)
+        if self.z_to_output is not None:
+            output = output + self.z_to_output(state["z"]).unsqueeze(1)
         return self.dropout(output), {"hidden": hidden, "z": state["z"]}
 
     def step(self, token: torch.Tensor, state: dict, use_cache: bool = True):
