@@ -32,15 +32,18 @@ def main(argv=None) -> None:
 
     figure, (left, right) = plt.subplots(1, 2, figsize=(10, 3.8))
     kl = [e[args.split]["kl"] for e in sweep]
-    left.plot(kl, [e[args.split]["nll"] for e in sweep], "o-", label="rate sweep")
-    right.plot(kl, [e[args.split]["rec_bleu"] for e in sweep], "o-", label="rate sweep")
+    ks = sorted({e[args.split].get("iw_samples") for e in sweep}, key=str)
+    label = f"rate sweep (K={'/'.join(map(str, ks))})"
+    left.plot(kl, [e[args.split]["nll"] for e in sweep], "o-", label=label)
+    right.plot(kl, [e[args.split]["rec_bleu"] for e in sweep], "o-", label=label)
     for entry in entries:
         if entry in sweep:
             continue
         metrics, name = entry[args.split], entry.get("name", Path(entry["config"]).stem)
+        name = f"{name} (K={metrics.get('iw_samples')})"
         left.plot([metrics["kl"]], [metrics["nll"]], "s", label=name)
         right.plot([metrics["kl"]], [metrics["rec_bleu"]], "s", label=name)
-    left.set(xlabel="KL (nats per sentence)", ylabel=f"{args.split} nll, K = 500 (nats)", title="likelihood")
+    left.set(xlabel="KL (nats per sentence)", ylabel=f"{args.split} nll (nats; K in the legend)", title="likelihood")
     right.set(xlabel="KL (nats per sentence)", ylabel=f"{args.split} rec_bleu", title="reconstruction")
     for axis in (left, right):
         axis.grid(alpha=0.3)
