@@ -24,16 +24,17 @@ import torch
 from lightning.pytorch.callbacks import Callback
 
 from benchlib import (device_arg, machine, matmul_gflops, model_flops_per_token, peak_rss_mb,
-                      pretrained_encoder_flops_per_token, synchronize)
+                      pretrained_decoder_flops_per_token, pretrained_encoder_flops_per_token, synchronize)
 from textvae.config import load_config
 from textvae.data import load_corpus, make_loader
+from textvae.pretrained import load_parts, text_tokenizer
 from textvae.system import VAESystem
-from textvae.tokenizer import PAD_ID
+from textvae.tokenizer import special_ids
 
 
 class StepTimer(Callback):
-    def __init__(self, warmup: int):
-        self.warmup = warmup
+    def __init__(self, warmup: int, pad_id: int):
+        self.warmup, self.pad_id = warmup, pad_id
         self.tokens = self.padded = self.real = 0
         self.start = self.end = None
 
@@ -45,7 +46,7 @@ class StepTimer(Callback):
     def on_train_batch_end(self, trainer, module, outputs, batch, batch_idx):
         if self.start is not None:
             targets = batch["tokens"][:, 1:]
-            real = int((targets != PAD_ID).sum())
+            real = int((targets != self.pad_id).sum())
             self.tokens += real
             self.real += real
             self.padded += targets.numel()
@@ -61,13 +62,14 @@ def trainer_device(device: torch.device) -> dict:
 
 
 def run(config, train_ids, tokenizer, steps: int, warmup: int, bucketed: bool,
-        device: torch.device | None = None) -> dict:
+        device: torch.device | None = None, hf_parts: dict | None = None) -> dict:
     L.seed_everything(config.seed, verbose=False)
+    pad_id = special_ids(tokenizer).pad  # a pretrained decoder's LM has its own
     loader = make_loader(train_ids, config.data.batch_size, shuffle=True, seed=config.seed,
-                         pool=config.data.bucket_pool if bucketed else 1)
+                         pool=config.data.bucket_pool if bucketed else 1, pad_id=pad_id)
     vocab_size = tokenizer.get_vocab_size()
-    system = VAESystem(config.to_dict(), vocab_size, tokenizer)
-    timer = StepTimer(warmup)
+    system = VAESystem(config.to_dict(), vocab_size, tokenizer, hf_parts)
+    timer = StepTimer(warmup, pad_id)
     kwargs = config.trainer.lightning_kwargs()
     kwargs.update(max_steps=warmup + steps, max_epochs=-1, enable_progress_bar=False, logger=False,
                   enable_checkpointing=False, limit_val_batches=0, val_check_interval=None, check_val_every_n_epoch=None)
@@ -80,6 +82,8 @@ def run(config, train_ids, tokenizer, steps: int, warmup: int, bucketed: bool,
     flops = model_flops_per_token(config.model, vocab_size, mean_length)
     if config.model.encoder.pretrained is not None:
         flops += pretrained_encoder_flops_per_token(system.model.encoder, train_ids)
+    if config.model.decoder.type == "pretrained":
+        flops += pretrained_decoder_flops_per_token(system.model.decoder, mean_length)
     return {"bucketed": bucketed, "device": str(trainer.strategy.root_device),
             "tokens_per_s": timer.tokens / seconds, "steps_per_s": steps / seconds,
             "padding_share": 1 - timer.real / timer.padded, "flops_per_token": flops,
@@ -98,12 +102,15 @@ def main(argv=None) -> None:
     args, overrides = parser.parse_known_args(argv)
     config = load_config(args.config, overrides)
     device = args.device
-    corpus, tokenizer = load_corpus(config.data, splits=("train",))
+    hf_parts = load_parts(config.model)  # as train() does: a pretrained decoder brings its tokenizer
+    lm = hf_parts.get("decoder")
+    corpus, tokenizer = load_corpus(config.data, text_tokenizer(lm[1]) if lm is not None else None, splits=("train",))
     matmul_device = device if device is not None else torch.device("cpu")
     fp32 = matmul_gflops(torch.float32, device=matmul_device)
     bf16 = matmul_gflops(torch.bfloat16, device=matmul_device)
     modes = [True, False] if args.both else [not args.unbucketed]
-    results = [run(config, corpus["train"].ids, tokenizer, args.steps, args.warmup, mode, device) for mode in modes]
+    results = [run(config, corpus["train"].ids, tokenizer, args.steps, args.warmup, mode, device, hf_parts)
+               for mode in modes]
     out = dict(results[0])
     out.update(config=args.config, overrides=overrides, precision=config.trainer.precision,
                batch_size=config.data.batch_size, steps=args.steps, matmul_device=str(matmul_device),

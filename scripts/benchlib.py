@@ -97,6 +97,8 @@ def model_flops_per_token(config: ModelConfig, vocab_size: int, mean_length: flo
     attention = encoder.layers * 2 * 2 * encoder.width * (mean_length + 1) * encoder_positions  # full attention
     if encoder.pretrained is not None:  # counted by pretrained_encoder_flops_per_token instead
         weights = attention = 0
+    if decoder.type == "pretrained":  # counted by pretrained_decoder_flops_per_token instead
+        return multiplier * weights + multiplier / 2 * attention
     if decoder.type == "gru":
         input_dim = decoder.embed_dim + (config.latent_dim if decoder.z_concat_input else 0)
         weights += 3 * decoder.hidden * (input_dim + decoder.hidden)
@@ -133,6 +135,23 @@ def pretrained_encoder_flops_per_token(encoder, ids: list[list[int]], training: 
     forward = 2 * weights * sum(lengths) + attention
     predicted = sum(len(row) - 1 for row in sample)  # w1 .. wn <eos>
     return (3 if training and not encoder.freeze else 1) * forward / predicted
+
+
+def pretrained_decoder_flops_per_token(decoder, mean_length: float, training: bool = True) -> float:
+    """FLOPs per predicted token of a pretrained causal LM decoder (textvae.pretrained.
+    PretrainedDecoder): 2 x its matrix weights (nn.Linear and GPT-2's Conv1D, the LM head included)
+    per position, plus causal attention over half the sentence and z's memory slot, as in
+    model_flops_per_token; x 3 when it is fine-tuned, x 2 when frozen (the gradient still flows
+    back through it to z, without weight gradients)."""
+    from transformers.pytorch_utils import Conv1D
+
+    hf = decoder.hf
+    weights = sum(module.weight.numel() for module in hf.modules() if isinstance(module, (torch.nn.Linear, Conv1D)))
+    memory = 1 if decoder.z_to_memory is not None else 0
+    query_width = hf.config.num_attention_heads * decoder.head_dim  # every query head, also under GQA
+    attention = 2 * 2 * decoder.layers * query_width * (mean_length / 2 + memory)
+    forward = 2 * weights + attention
+    return (2 if decoder.freeze else 3) * forward if training else forward
 
 
 class NoEOS(torch.nn.Module):

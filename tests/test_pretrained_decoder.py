@@ -295,3 +295,33 @@ def test_bench_lm_cache_reports_both_cases_and_identical_outputs(tiny_lms, monke
     runpy.run_path(str(scripts / "bench_lm_cache.py"), run_name="__main__")
     lines = [json.loads(line) for line in capsys.readouterr().out.splitlines()]
     assert [line.get("use_cache") for line in lines[:2]] == [True, False] and lines[2] == {"identical": True}
+
+
+@pytest.mark.parametrize("kind", ["gpt2", "llama"])
+def test_bench_flops_count_the_lm_matrix_weights_torch_counts(tiny_lms, kind, single_thread):
+    # The weight part of benchlib's estimate against torch's FLOP counter on one unpadded sentence:
+    # every matrix product of the decoder and its LM head, less z's per-sentence projections.
+    import sys
+
+    from torch.utils.flop_counter import FlopCounterMode
+
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "scripts"))
+    from benchlib import pretrained_decoder_flops_per_token
+
+    model, tokenizer = lm_model(tiny_lms[kind])
+    inputs = batch(tokenizer, SENTENCES[:1])[:, :-1]
+    with torch.no_grad(), FlopCounterMode(display=False) as counter:
+        features, _ = model.decoder(inputs, torch.randn(1, 8))
+        model.logits(features)
+    counts = counter.get_flop_counts()["Global"]
+    matmuls = sum(v for op, v in counts.items() if str(op) in ("aten.mm", "aten.addmm"))
+    z_maps = sum(2 * m.weight.numel() for m in (model.decoder.z_to_memory, model.decoder.z_to_embedding))
+    per_position = (matmuls - z_maps) / inputs.size(1)
+    mean_length = 10.0
+    hf = model.decoder.hf
+    attention = 2 * 2 * model.decoder.layers * hf.config.num_attention_heads * model.decoder.head_dim * (mean_length / 2 + 1)
+    forward = pretrained_decoder_flops_per_token(model.decoder, mean_length, training=False)
+    assert forward - attention == pytest.approx(per_position, rel=1e-6)
+    assert pretrained_decoder_flops_per_token(model.decoder, mean_length) == pytest.approx(3 * forward)
+    model.decoder.freeze = True
+    assert pretrained_decoder_flops_per_token(model.decoder, mean_length) == pytest.approx(2 * forward)
