@@ -310,7 +310,12 @@ class Split:
 
     def __post_init__(self):
         if self.lengths is None:
-            self.lengths = np.fromiter((len(ids) for ids in self.ids), dtype=np.int32, count=len(self.ids))
+            self.lengths = framed_lengths(self.ids)
+
+
+def framed_lengths(ids: Sequence) -> np.ndarray:
+    """The length of each framed sentence, as one NumPy array."""
+    return np.fromiter((len(x) for x in ids), dtype=np.int64, count=len(ids))
 
 
 CACHE_VERSION = "1"  # part of every cache key: bump when the tokenised layout changes
@@ -467,10 +472,13 @@ class BucketBatchSampler(Sampler[list[int]]):
         """Make the next pass over `state["epoch"]` start after its first `state["batches"]` batches."""
         self._resume_at = (int(state["epoch"]), int(state["batches"]))
 
+    def _pool_size(self, count: int) -> int:
+        return self.batch_size * self.pool if self.shuffle else count
+
     def _spans(self, count: int) -> list[tuple[int, int]]:
         """(start, end) of each batch in the pool-sorted order, before shuffling: pools of
         `batch_size * pool` sentences (one pool without shuffling) cut into batches."""
-        pool_size = self.batch_size * self.pool if self.shuffle else count
+        pool_size = self._pool_size(count)
         return [(start, min(start + self.batch_size, pool_end))
                 for pool_start in range(0, count, pool_size)
                 for pool_end in (min(pool_start + pool_size, count),)
@@ -483,8 +491,7 @@ class BucketBatchSampler(Sampler[list[int]]):
         generator = torch.Generator().manual_seed(self.seed + self.epoch)
         count = len(self.lengths)
         order = torch.randperm(count, generator=generator) if self.shuffle else torch.arange(count)
-        pool_size = self.batch_size * self.pool if self.shuffle else count
-        key = torch.arange(count) // pool_size * (int(self.lengths.max()) + 1) + self.lengths[order]
+        key = torch.arange(count) // self._pool_size(count) * (int(self.lengths.max()) + 1) + self.lengths[order]
         order = order[torch.argsort(key, stable=True)]
         spans = self._spans(count)
         if self.shuffle:
@@ -569,7 +576,7 @@ def make_loader(ids: Sequence, batch_size: int, shuffle: bool, seed: int = 0, po
                 lengths: np.ndarray | None = None) -> ResumableLoader:
     """Bucketed batches of framed `ids` (lists, or a split's memory-mapped TokenIds with its `lengths`)."""
     if lengths is None:
-        lengths = np.fromiter((len(x) for x in ids), dtype=np.int64, count=len(ids))
+        lengths = framed_lengths(ids)
     sampler = BucketBatchSampler(lengths, batch_size, shuffle, seed, pool, num_replicas, rank)
     return ResumableLoader(_Indexed(ids), batch_sampler=sampler, collate_fn=functools.partial(collate, pad_id=pad_id),
                            num_workers=num_workers, persistent_workers=num_workers > 0)
