@@ -21,7 +21,7 @@ from textvae.errors import UserError
 from textvae.generate import decode_codes
 from textvae.metrics import iw_nll
 from textvae.model import VAE
-from textvae.pretrained import load_hf, text_tokenizer
+from textvae.pretrained import lm_specials, load_hf, text_tokenizer
 from textvae.tokenizer import encode_batch, frame, pad_batch, special_ids
 
 SENTENCES = ["the cat saw the ball", "a small bird found a red car yesterday", "my sister called her friend again"]
@@ -295,6 +295,30 @@ def test_bench_lm_cache_reports_both_cases_and_identical_outputs(tiny_lms, monke
     runpy.run_path(str(scripts / "bench_lm_cache.py"), run_name="__main__")
     lines = [json.loads(line) for line in capsys.readouterr().out.splitlines()]
     assert [line.get("use_cache") for line in lines[:2]] == [True, False] and lines[2] == {"identical": True}
+
+
+def test_scratch_lm_predicts_the_native_decoders_vocabulary(tmp_path, tiny_corpus, monkeypatch, single_thread):
+    """scripts/scratch_lm.py: a random GPT-2 over textvae's own vocabulary, so that the pretrained
+    path and the native decoder are scored on the same tokens."""
+    import runpy
+
+    from transformers import AutoConfig
+
+    from textvae.config import load_config
+    from textvae.data import load_corpus
+
+    overrides = text_overrides(tiny_corpus)
+    out = tmp_path / "lm"
+    monkeypatch.setattr("sys.argv", ["scratch_lm.py", "--config", str(CONFIGS / "debug.yaml"), "--out", str(out),
+                                     "--layers", "2", "--width", "16", "--heads", "2", "--feedforward", "32",
+                                     *overrides])
+    runpy.run_path(str(CONFIGS.parent / "scripts" / "scratch_lm.py"), run_name="__main__")
+    _, native = load_corpus(load_config(CONFIGS / "debug.yaml", overrides).data)
+    module, hf_tokenizer = load_hf(str(out), "model.decoder.pretrained", "decoder")
+    assert AutoConfig.from_pretrained(out).n_layer == 2
+    assert text_tokenizer(hf_tokenizer).get_vocab() == native.get_vocab()  # nothing added, same ids
+    assert tuple(lm_specials(hf_tokenizer)) == (0, 1, 2, 3)  # <pad> <unk> <bos> <eos>, as textvae frames
+    assert module.get_input_embeddings().weight.size(0) == native.get_vocab_size()
 
 
 @pytest.mark.parametrize("kind", ["gpt2", "llama"])

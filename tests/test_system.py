@@ -127,6 +127,65 @@ def test_rate_controller_holds_the_kl_at_the_target():
     assert restored.beta() == pytest.approx(betas[-1])
 
 
+@pytest.mark.parametrize("decoder", [{}, {"type": "transformer", "heads": 2, "feedforward": 32}])
+def test_autoencoder_pretraining_then_a_fresh_decoder_under_the_shifted_schedule(decoder):
+    kl = {"ae_steps": 100, "schedule": "linear", "warmup_steps": 200, "free_bits": 0.5}
+    system = make_system(step=99, model={"decoder": {**SMALL_MODEL["decoder"], **decoder}}, kl=kl)
+    out = terms(system, TOKENS, "train")
+    assert float(out["beta"]) == 0.0
+    torch.testing.assert_close(out["loss"], out["rec"].mean())  # no KL term, not even the free-bits floor
+    system._trainer.global_step = 150
+    assert system.beta() == pytest.approx(0.25)  # the warm-up counts from the end of pretraining
+    # Train a little so that weights and Adam moments move, then cross the switch.
+    optimizer = torch.optim.Adam(system.parameters(), lr=1e-2)
+    system._trainer.optimizers = [optimizer]
+    for _ in range(3):
+        optimizer.zero_grad()
+        terms(system, TOKENS, "train")["loss"].backward()
+        optimizer.step()
+    encoder = {k: v.clone() for k, v in system.model.encoder.state_dict().items()}
+    trained = {k: v.clone() for k, v in system.model.decoder.state_dict().items()}
+    system._trainer.global_step = 99
+    system.on_train_batch_start(None, 0)  # still pretraining: nothing happens
+    assert all(torch.equal(v, system.model.decoder.state_dict()[k]) for k, v in trained.items())
+    system._trainer.global_step = 100
+    system.on_train_batch_start(None, 0)
+    fresh = make_system(model={"decoder": {**SMALL_MODEL["decoder"], **decoder}}).model
+    for name, value in system.model.state_dict().items():
+        expected = encoder[name.removeprefix("encoder.")] if name.startswith("encoder.") else None
+        if expected is not None:
+            assert torch.equal(value, expected), name  # the encoder keeps what it learnt
+    decoder_names = [n for n in trained if trained[n].is_floating_point()]
+    assert any(not torch.equal(trained[n], system.model.decoder.state_dict()[n]) for n in decoder_names)
+    # the decoder is distributed as a new one is (same shapes, same init families), not a copy of the trained one
+    for name in decoder_names:
+        now, new = system.model.decoder.state_dict()[name], fresh.decoder.state_dict()[name]
+        assert now.shape == new.shape
+        assert now.std().item() == pytest.approx(new.std().item(), rel=0.5, abs=1e-6), name
+    restarted = {id(p) for p in system.model.decoder.parameters()}
+    assert not any(id(p) in restarted for p in optimizer.state)  # their Adam moments start again
+    assert any(id(p) not in restarted for p in optimizer.state)  # the encoder's are kept
+
+
+def test_autoencoder_pretraining_holds_the_rate_controller_until_it_ends():
+    system = make_system(step=10, kl={"ae_steps": 50, "target_rate": 1e-3})  # KL above it: beta must rise
+    system.log = system.log_dict = lambda *args, **kwargs: None
+    assert float(terms(system, TOKENS, "train")["beta"]) == 0.0
+    system.training_step({"tokens": TOKENS}, 0)
+    system._trainer.global_step = 50
+    assert system.beta() == pytest.approx(1e-4)  # the controller did not move while pretraining
+    system.training_step({"tokens": TOKENS}, 0)
+    assert system.beta() > 1.01e-4  # and rises from min_beta once it ends
+
+
+def test_a_pretrained_decoder_is_never_reset():
+    with pytest.raises(UserError, match="kl.ae_reset_decoder"):
+        load_config(None, {"model": {"decoder": {"type": "pretrained", "pretrained": "gpt2"}},
+                           "kl": {"ae_steps": 10}})
+    load_config(None, {"model": {"decoder": {"type": "pretrained", "pretrained": "gpt2"}},
+                       "kl": {"ae_steps": 10, "ae_reset_decoder": False}})
+
+
 def test_bn_vae_bounds_each_dimensions_kl_from_below():
     gamma = 0.6
     torch.manual_seed(0)

@@ -231,6 +231,8 @@ class KLConfig:
     rate_control: Literal["beta", "free_bits"] = "beta"  # beta: a controller sets beta; free_bits: a floor
     controller_gain: float = 0.02  # beta controller: change of log(beta) per step at 100% KL error
     min_beta: float = 0.0001  # beta controller: lowest beta (it starts there); max_beta is the highest
+    ae_steps: int = 0  # autoencoder pretraining (Li et al. 2019): beta 0 for N steps, then the schedule
+    ae_reset_decoder: bool = True  # after ae_steps the decoder restarts from a fresh initialisation
 
     def __post_init__(self):
         _require(self.schedule in KL_SCHEDULES, "kl.schedule", f"must be one of {', '.join(KL_SCHEDULES)}",
@@ -248,6 +250,7 @@ class KLConfig:
         _require(self.rate_control in ("beta", "free_bits"), "kl.rate_control", "must be 'beta' or 'free_bits'",
                  self.rate_control)
         _require(self.controller_gain > 0, "kl.controller_gain", "must be > 0", self.controller_gain)
+        _require(self.ae_steps >= 0, "kl.ae_steps", "must be >= 0", self.ae_steps)
         _require(0 < self.min_beta <= self.max_beta, "kl.min_beta", f"must be in (0, kl.max_beta={self.max_beta}]",
                  self.min_beta)
 
@@ -346,6 +349,9 @@ class Config:
         _require(not (unbounded and self.kl.schedule == "cyclical" and self.kl.total_steps is None), "kl.total_steps",
                  "must be set for a cyclical schedule when trainer.max_steps and max_epochs are both -1",
                  self.kl.total_steps)
+        _require(not (self.kl.ae_steps and self.kl.ae_reset_decoder and model.decoder.type == "pretrained"),
+                 "kl.ae_reset_decoder", "must be false with a pretrained decoder (it would discard the LM's weights)",
+                 self.kl.ae_reset_decoder)
 
     def to_dict(self) -> dict:
         return dataclasses.asdict(self)

@@ -294,6 +294,31 @@ class VAE(nn.Module):
         if lm_parts is not None:
             self.decoder = PretrainedDecoder(*lm_parts, config.decoder, config.latent_dim)
 
+    def reset_decoder(self) -> list[nn.Parameter]:
+        """Re-initialise the native decoder and its output layers in place, as a new model would be
+        (optimizers keep their references): the restart after autoencoder pretraining (kl.ae_steps,
+        Li et al. 2019). The encoder, and the posterior map, keep what they learnt. Returns the
+        parameters it reset."""
+        if isinstance(self.decoder, PretrainedDecoder):
+            raise ValueError("a pretrained decoder is not re-initialised")
+        fresh = nn.ModuleDict({"decoder": type(self.decoder)(self.vocab_size, self.config.decoder,
+                                                             self.config.latent_dim)})
+        if self.to_embedding is not None:
+            fresh["to_embedding"] = nn.Linear(self.to_embedding.in_features, self.to_embedding.out_features)
+        if self.output is not None:
+            fresh["output"] = nn.Linear(self.output.in_features, self.output.out_features)
+        fresh.apply(self._init_weights)
+        reset = []
+        with torch.no_grad():
+            for name, module in fresh.items():
+                for old, new in zip(getattr(self, name).parameters(), module.parameters(), strict=True):
+                    old.copy_(new)
+                    reset.append(old)
+            if self.output_bias is not None:
+                self.output_bias.zero_()
+                reset.append(self.output_bias)
+        return reset
+
     @staticmethod
     def _init_weights(module: nn.Module) -> None:
         if isinstance(module, nn.Embedding):

@@ -6,7 +6,9 @@ One `_shared_step(batch, stage)` serves train/valid/test and logs `stage/rec`, `
 over the split) plus `train/beta` and `train/loss`; `loss_terms` computes them without logging.
 The loss is rec + beta * KL per sentence, averaged over the batch, with the KL floored per
 dimension by the free bits (`kl.free_bits`, or `kl.target_rate` / latent_dim); the logged KL is
-never floored. Validation and test use no word dropout and beta = 1, so `valid/elbo` is the
+never floored. With `kl.ae_steps` the first steps train a plain autoencoder (beta 0, no floor),
+after which the decoder is re-initialised and the schedule (or controller) starts (Li et al.
+2019). Validation and test use no word dropout and beta = 1, so `valid/elbo` is the
 true negative ELBO. beta is a pure function of `global_step` under a schedule, or the state of
 the rate controller (`kl.target_rate` with `rate_control: beta`), a buffer saved in every
 checkpoint; either way a resumed run continues where it stopped. A non-finite loss stops
@@ -56,10 +58,32 @@ class VAESystem(L.LightningModule):
         self.run_steps = int(total) if math.isfinite(total) else None
 
     def beta(self) -> float:
-        """The KL weight for the current training step."""
+        """The KL weight for the current training step: 0 while the autoencoder pretrains
+        (kl.ae_steps), then the controller's, or the schedule's counted from the end of it."""
+        ae_steps = self.config.kl.ae_steps
+        if self.global_step < ae_steps:
+            return 0.0
         if self.controlled:
             return math.exp(float(self.log_beta))
-        return kl_weight(self.global_step, self.config.kl, self.run_steps)
+        run_steps = self.run_steps - ae_steps if self.run_steps is not None else None
+        return kl_weight(self.global_step - ae_steps, self.config.kl, run_steps)
+
+    def on_train_batch_start(self, batch, batch_idx) -> None:
+        kl = self.config.kl
+        if kl.ae_steps and kl.ae_reset_decoder and self.global_step == kl.ae_steps:
+            self.restart_decoder()
+
+    def restart_decoder(self) -> None:
+        """End of autoencoder pretraining: a freshly initialised decoder, with no optimizer moments,
+        learns from the pretrained encoder's codes under the KL (Li et al. 2019). Resuming from a
+        checkpoint saved at the switch repeats it; one saved later has the restarted decoder."""
+        restarted = {id(p) for p in self.model.reset_decoder()}
+        for optimizer in self.trainer.optimizers if self._trainer is not None else []:
+            for group in optimizer.param_groups:
+                for p in group["params"]:
+                    if id(p) in restarted:
+                        optimizer.state.pop(p, None)
+        log.info("training: autoencoder pretraining ended at step %d; decoder re-initialised", self.global_step)
 
     def loss_terms(self, tokens: torch.Tensor, stage: str) -> dict[str, torch.Tensor]:
         """Per-sentence rec and KL (B,), the loss and the beta it used, for a batch of `stage`."""
@@ -81,7 +105,7 @@ class VAESystem(L.LightningModule):
             if not torch.isfinite(loss):
                 raise TrainingDiverged(f"training: loss is {loss.item()} at step {self.global_step}; stopped "
                                        f"(try a lower optim.lr or trainer.gradient_clip_val)")
-            if self.controlled:
+            if self.controlled and self.global_step >= self.config.kl.ae_steps:
                 self.update_controller(kl.mean().detach())
             logged.update({"train/loss": loss, "train/beta": terms["beta"]})
             self.log_dict(logged, on_step=True, on_epoch=False, batch_size=batch_size, prog_bar=False)
