@@ -12,6 +12,7 @@ from pathlib import Path
 import pytest
 import torch
 import yaml
+from safetensors.torch import load_file
 
 import textvae
 from conftest import CONFIGS, PTB_DIR, REPO, run_cli
@@ -219,6 +220,23 @@ def test_overwrite_starts_again(resumed_run, tmp_path):
     exported = json.loads((run_dir / "model" / "config.json").read_text())
     assert exported["config"]["trainer"]["max_steps"] == 6  # the export was replaced too
     assert (workdir / "runs" / "latest").resolve() == run_dir.resolve()
+
+
+def test_a_copied_run_resumes_and_exports_from_its_own_checkpoints(tmp_path):
+    original, copy = tmp_path / "a", tmp_path / "b"
+    original.mkdir()
+    quick = ["--trainer.max_epochs", "-1", "--data.limit", "100", *QUICK_EVAL]
+    train(original, "--trainer.max_steps", "6", *quick)
+    shutil.copytree(original / "runs" / "debug", copy / "runs" / "debug")
+    shutil.rmtree(original)  # the checkpoints still name it as where the best one was
+    # no validation after the resume, so no new best checkpoint replaces the copied one
+    train(copy, "--resume", "--trainer.max_steps", "8", "--trainer.limit_val_batches", "0", *quick)
+    run_dir = copy / "runs" / "debug"
+    assert checkpoint_step(run_dir / "checkpoints" / "last.ckpt") == 8
+    exported = load_file(run_dir / "model" / "model.safetensors")
+    best = torch.load(run_dir / "checkpoints" / "best.ckpt", map_location="cpu", weights_only=True)["state_dict"]
+    for name, tensor in exported.items():
+        torch.testing.assert_close(tensor, best[f"model.{name}"])
 
 
 def test_run_json_records_version_and_git_commit(debug_run):

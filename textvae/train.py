@@ -231,7 +231,10 @@ def train(config: Config, resume: bool = False, overwrite: bool = False) -> Path
                  trainer.global_step, patience)
     if not trainer.is_global_zero:
         return run_dir
-    finish_run(run_dir, config, datamodule, callbacks[0].best_model_path or str(checkpoints / "last.ckpt"),
+    # The best checkpoint is always checkpoints/best.ckpt of this run directory. (The callback's own
+    # best_model_path is restored from the checkpoint, so in a copied run it names the original.)
+    best = checkpoints / "best.ckpt"
+    finish_run(run_dir, config, datamodule, str(best if best.is_file() else checkpoints / "last.ckpt"),
                trainer.strategy.root_device)
     return run_dir
 
