@@ -56,6 +56,25 @@ def test_bench_data_reports_start_up_times_and_memory_per_size(tmp_path):
     assert not (tmp_path / "3000").exists()  # runs and caches removed, corpora kept
 
 
+def test_bench_bits_reports_reconstructions_per_code_size(gru_run):
+    from textvae.api import TextVAE
+    from textvae.metrics import corpus_bleu
+
+    (out,) = run_script("bench_bits.py", "--model", str(gru_run), "--sentences", "20", "--bits", "1", "16",
+                        "--device", "cpu")
+    float_row, one, sixteen = out["rows"]
+    assert [row["bits"] for row in out["rows"]] == [None, 1, 16] and out["sentences"] == 20
+    dim = out["latent_dim"]
+    assert (float_row["bytes_per_sentence"], one["bytes_per_sentence"]) == (4 * dim, -(-dim // 8))
+    assert sixteen["bytes_per_sentence"] == 2 * dim
+    assert float_row["same_as_float"] == 1.0 and float_row["rmse"] == 0.0
+    assert sixteen["rmse"] < 1e-3 < one["rmse"]
+    # the float row is what reconstruct gives, scored independently
+    vae = TextVAE.from_pretrained(gru_run, device="cpu")
+    references = [" ".join(line.split()) for line in open(vae.config.data.test_file).read().splitlines()[:20]]
+    assert float_row["rec_bleu"] == pytest.approx(corpus_bleu(vae.reconstruct(references), references), abs=1e-9)
+
+
 def test_bench_generate_reports_each_decoder_strategy_and_precision(gru_run, transformer_run):
     rows = run_script("bench_generate.py", "--model", str(gru_run), "--n", "40", "--batch-size", "20",
                       "--max-length", "12")

@@ -229,7 +229,8 @@ def test_finish_run_evaluates_on_the_trainers_device(tmp_path, tiny_corpus, monk
 
 
 # ------------------------------------------------------------------------------ benchmarks
-@pytest.mark.parametrize("script", ["bench_eval.py", "bench_generate.py", "bench_compress.py", "bench_train.py"])
+@pytest.mark.parametrize("script", ["bench_eval.py", "bench_generate.py", "bench_compress.py", "bench_bits.py",
+                                    "bench_train.py"])
 def test_benchmarks_refuse_a_bad_device_before_any_work(script, gru_run):
     source = ["--config", str(CONFIGS / "debug.yaml")] if script == "bench_train.py" else ["--model", str(gru_run)]
     result = subprocess.run([sys.executable, str(REPO / "scripts" / script), *source, "--device", "tpu"],
