@@ -23,7 +23,7 @@ from benchlib import device_arg, machine
 from textvae.api import TextVAE
 from textvae.compress import dequantize_codes, quantize_codes
 from textvae.data import load_corpus
-from textvae.metrics import corpus_bleu
+from textvae.metrics import corpus_bleu, exact_share
 from textvae.tokenizer import decode_ids
 
 
@@ -57,7 +57,7 @@ def main() -> None:
             rows.append({
                 "bits": bits, "bytes_per_sentence": size,
                 "rec_bleu": corpus_bleu(decoded, references),
-                "rec_exact": sum(h.split() == r.split() for h, r in zip(decoded, references)) / len(references),
+                "rec_exact": exact_share(decoded, references),
                 "same_as_float": sum(a == b for a, b in zip(decoded, exact_decodes)) / len(references),
                 "rmse": math.sqrt(float((z - codes).pow(2).mean())),
             })

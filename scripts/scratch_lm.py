@@ -48,9 +48,10 @@ def main() -> None:
                            n_layer=args.layers, n_head=args.heads, n_inner=args.feedforward,
                            resid_pdrop=args.dropout, embd_pdrop=args.dropout, attn_pdrop=args.dropout,
                            bos_token_id=BOS_ID, eos_token_id=EOS_ID, pad_token_id=PAD_ID)
-    GPT2LMHeadModel(lm_config).save_pretrained(out)
-    print(f"saved a random {args.layers}-layer GPT-2 ({sum(p.numel() for p in GPT2LMHeadModel(lm_config).parameters()):,} "
-          f"parameters, vocabulary {tokenizer.get_vocab_size()}) to {out}")
+    lm = GPT2LMHeadModel(lm_config)
+    lm.save_pretrained(out)
+    print(f"saved a random {args.layers}-layer GPT-2 ({lm.num_parameters():,} parameters, "
+          f"vocabulary {tokenizer.get_vocab_size()}) to {out}")
 
 
 if __name__ == "__main__":

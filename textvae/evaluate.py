@@ -24,8 +24,8 @@ import torch
 
 from textvae.errors import UserError
 from textvae.losses import gaussian_kl
-from textvae.metrics import (active_units, corpus_bleu, distinct_n, interpolation_smoothness, iw_batch_size, iw_nll,
-                             mutual_information, novelty, ppl, target_tokens)
+from textvae.metrics import (active_units, corpus_bleu, distinct_n, exact_share, interpolation_smoothness,
+                             iw_batch_size, iw_nll, mutual_information, novelty, ppl, target_tokens)
 from textvae.tokenizer import decode_ids, length_batches, special_ids
 
 if TYPE_CHECKING:
@@ -131,8 +131,7 @@ def latent_use(vae: "TextVAE", ids: list[list[int]], means: torch.Tensor, seed: 
     # brevity penalty and length mismatches count exactly as they would for full sentences.
     max_length = vae.clamp_length(_longest(ids[:limit]) + 10)
     hypotheses = vae.decode(means[:limit], strategy="greedy", max_length=max_length)
-    exact = sum(h.split() == r.split() for h, r in zip(hypotheses, references)) / len(references)
-    metrics = {"rec_bleu": corpus_bleu(hypotheses, references), "rec_exact": exact}
+    metrics = {"rec_bleu": corpus_bleu(hypotheses, references), "rec_exact": exact_share(hypotheses, references)}
     if settings.interp_pairs and len(ids) >= 2:
         pairs = _pairs(len(ids), settings.interp_pairs, seed)
         from textvae.api import slerp

@@ -116,6 +116,11 @@ def active_units(mean: torch.Tensor, threshold: float = 0.01) -> int:
     return int((mean.double().var(dim=0) > threshold).sum())
 
 
+def exact_share(hypotheses: list[str], references: list[str]) -> float:
+    """The share of hypotheses equal to their reference, word for word (whitespace ignored)."""
+    return sum(h.split() == r.split() for h, r in zip(hypotheses, references)) / len(references)
+
+
 def corpus_bleu(hypotheses: list[str], references: list[str]) -> float:
     """Corpus BLEU-4 (torchmetrics) of hypotheses against one reference each, in [0, 100]."""
     from torchmetrics.text import BLEUScore

@@ -77,12 +77,10 @@ class VAESystem(L.LightningModule):
         """End of autoencoder pretraining: a freshly initialised decoder, with no optimizer moments,
         learns from the pretrained encoder's codes under the KL (Li et al. 2019). Resuming from a
         checkpoint saved at the switch repeats it; one saved later has the restarted decoder."""
-        restarted = {id(p) for p in self.model.reset_decoder()}
+        reset = self.model.reset_decoder()
         for optimizer in self.trainer.optimizers if self._trainer is not None else []:
-            for group in optimizer.param_groups:
-                for p in group["params"]:
-                    if id(p) in restarted:
-                        optimizer.state.pop(p, None)
+            for parameter in reset:
+                optimizer.state.pop(parameter, None)
         log.info("training: autoencoder pretraining ended at step %d; decoder re-initialised", self.global_step)
 
     def loss_terms(self, tokens: torch.Tensor, stage: str) -> dict[str, torch.Tensor]:
