@@ -31,7 +31,7 @@ import torch
 
 from benchlib import device_arg, machine
 from textvae.api import TextVAE
-from textvae.compress import HEADER_SIZE, Layout, classify, fingerprint, split_lines
+from textvae.compress import HEADER_SIZE, classify, compress_with_startup, fingerprint, split_lines
 from textvae.evaluate import score_ids
 from textvae.tokenizer import frame, pad_batch
 
@@ -50,8 +50,9 @@ def zstd_size(raw: bytes) -> tuple[int | None, str]:
 
 
 @torch.no_grad()
-def model_line_costs(vae: TextVAE, text: str, lanes: int) -> dict:
-    """Negative ELBO (bits) of the model-path lines, and the lanes' start-up cost over it."""
+def model_line_costs(vae: TextVAE, text: str, unpaid: list[int]) -> dict:
+    """Negative ELBO (bits) of the model-path lines, and the start-up cost over it: the lines the
+    coder sent with z = 0 and no bits back (`unpaid`) cost -log p(x|z=0) instead of their ELBO."""
     lines, _ = split_lines(text)
     flags, tokens = classify(vae, lines)
     ids = [frame(t) for t in tokens if t is not None]
@@ -59,15 +60,14 @@ def model_line_costs(vae: TextVAE, text: str, lanes: int) -> dict:
         return {"model_lines": 0, "escaped_lines": len(lines)}
     scores = score_ids(vae, ids, iw_samples=1, seed=0)
     elbo = scores.rec + scores.kl  # (N,) nats
-    layout = Layout(len(lines), min(lanes, len(lines)))
     model_index = {line: index for index, line in enumerate(i for i, f in enumerate(flags) if f)}
-    first = [model_index[start] for start in layout.starts if start in model_index]
+    at_zero = [model_index[line] for line in unpaid]
     startup = 0.0
-    if first:
-        batch = pad_batch([ids[i] for i in first]).to(vae.device)
-        rec_at_zero = vae.model.reconstruction_nll(batch, torch.zeros(len(first), vae.latent_dim, device=vae.device))
-        startup = float((rec_at_zero - elbo[first]).sum())
-    return {"model_lines": len(ids), "escaped_lines": len(lines) - len(ids),
+    if at_zero:
+        batch = pad_batch([ids[i] for i in at_zero]).to(vae.device)
+        rec_at_zero = vae.model.reconstruction_nll(batch, torch.zeros(len(at_zero), vae.latent_dim, device=vae.device))
+        startup = float((rec_at_zero - elbo[at_zero]).sum())
+    return {"model_lines": len(ids), "escaped_lines": len(lines) - len(ids), "lines_at_zero": len(at_zero),
             "elbo_bits": float(elbo.sum()) / math.log(2), "elbo_nats_per_line": float(elbo.mean()),
             "startup_bits": startup / math.log(2)}
 
@@ -76,7 +76,7 @@ def measure(vae: TextVAE, path: Path, lanes: int) -> dict:
     raw = path.read_bytes()
     text = raw.decode("utf-8")
     start = time.perf_counter()
-    data = vae.compress(text, lanes=lanes)
+    data, unpaid = compress_with_startup(vae, text, lanes)
     compress_s = time.perf_counter() - start
     start = time.perf_counter()
     restored = vae.decompress(data)
@@ -86,7 +86,7 @@ def measure(vae: TextVAE, path: Path, lanes: int) -> dict:
               "compressed_bytes": len(data), "bits_per_char": bits / len(text), "bits_per_word": bits / len(text.split()),
               "compress_kb_s": len(raw) / 1000 / compress_s, "decompress_kb_s": len(raw) / 1000 / decompress_s,
               "exact": restored == text}
-    costs = model_line_costs(vae, text, lanes)
+    costs = model_line_costs(vae, text, unpaid)
     result.update(costs)
     if costs.get("escaped_lines") == 0:
         header = 8 * HEADER_SIZE

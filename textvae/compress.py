@@ -24,10 +24,17 @@ Lanes, not one chain. Bits-back chains are sequential, so the file is dealt into
 contiguous runs of lines (default 64) that are coded in lockstep rounds on ONE interleaved stack:
 round r holds line r of every lane, and every model call of a round runs on a batch of exactly
 `lanes` rows (rows without a model line get a fixed dummy), so the decompressor, which sees the
-same header, batches across lanes and computes bit-identical probabilities. The first line of
-each lane has nothing to pop z from (an empty stack gives z at the edge of the range), so it is
-coded with z = 0 and no bits back: that is the per-lane start-up overhead, -log p(x|z=0) minus
-the line's ELBO, a few nats per lane for a model with a small KL.
+same header, batches across lanes and computes bit-identical probabilities.
+
+Paying for the codes. Popping a round's codes takes about 32 x (grid + 2) bits per line, more
+than a line costs in all, so early rounds find too few bits on the stack (round 0 finds none).
+A pop from an exhausted stack still decodes, but to junk codes at the edge of the range that are
+then expensive to push under the prior: in version 1 of the format this cost 5% on PTB. So each
+round pops codes only for the longest prefix of its model lines whose estimated pop cost (the
+entropy of each discretised posterior) fits in the bits on the stack; the rest are coded with
+z = 0 and no bits back, and the prefix length is coded in the round, before the codes. z = 0
+costs -log p(x|z=0) over the line's ELBO: a few nats for a model with a small KL, more for a
+high-rate one. That start-up happens in the first one or two rounds only.
 
 Determinism. Compressor and decompressor must compute identical float32 probabilities: no
 autocast (bf16 is never used here), the same step-by-step decoder calls on both sides (never
@@ -38,7 +45,7 @@ mps: the model's device, `--device` in the CLI) it was made on; both are in the 
 checked. All model work stays on that device; only the per-step probabilities come back to the
 CPU, where constriction codes them.
 
-Format (version 1), little-endian:
+Format (version 2), little-endian:
 
     magic "TVBB", version u8, fingerprint 32 bytes, device u8 (0 cpu, 1 cuda, 2 mps), grid u8,
     z_range u8, crc32 of the original UTF-8 bytes u32, their length u64, lines u32, lanes u32,
@@ -70,9 +77,10 @@ if TYPE_CHECKING:
     from textvae.api import TextVAE
 
 MAGIC = b"TVBB"
-FORMAT_VERSION = 1
+FORMAT_VERSION = 2
 LANES = 64  # lines coded in lockstep: the decompressor's batch size
 GRID = 8  # latent bin width 2^-GRID
+ALL_PAID = 2**-10  # probability that a round pays for fewer than all of its codes (the count's model)
 Z_RANGE = 8  # latent values coded on [-Z_RANGE, Z_RANGE]
 ESCAPE = 0
 FORMS = ("{}", " {}", "{} ", " {} ")  # flags 1..4: spacing of a model-path line around its tokens
@@ -97,6 +105,12 @@ def fingerprint(vae: "TextVAE") -> bytes:
 
 def compress(vae: "TextVAE", text: str, lanes: int = LANES) -> bytes:
     """`text` as a self-checking bits-back stream for this model (see the module docstring)."""
+    return compress_with_startup(vae, text, lanes)[0]
+
+
+def compress_with_startup(vae: "TextVAE", text: str, lanes: int = LANES) -> tuple[bytes, list[int]]:
+    """`compress`, plus the (0-based) numbers of the model-path lines that were coded with z = 0 and
+    no bits back because the stack could not yet pay for their codes (for accounting the overhead)."""
     if not isinstance(text, str):
         raise TypeError(f"compress takes a str, got {type(text).__name__}")
     if lanes < 1:
@@ -120,7 +134,7 @@ def compress(vae: "TextVAE", text: str, lanes: int = LANES) -> bytes:
     words = coder.ans.get_compressed().astype("<u4")
     header = _HEADER.pack(MAGIC, FORMAT_VERSION, fingerprint(vae), _device_code(vae), GRID, Z_RANGE,
                           zlib.crc32(raw), len(raw), len(lines), layout.lanes, final_newline, *counts, len(words))
-    return header + struct.pack("<I", zlib.crc32(header)) + words.tobytes()
+    return header + struct.pack("<I", zlib.crc32(header)) + words.tobytes(), coder.unpaid
 
 
 def decompress(vae: "TextVAE", data: bytes) -> str:
@@ -270,6 +284,7 @@ class _Coder:
         self.flag_model = models.Categorical(frequencies, perfect=False)
         self.bytes = _ByteModel()
         self.max_bytes = max_bytes  # decompressing: the decoded text's length from the header
+        self.unpaid: list[int] = []  # compressing: model lines coded with z = 0 and no bits back
 
     @contextlib.contextmanager
     def computing(self):
@@ -292,6 +307,21 @@ class _Coder:
         mean = (mean.float() * self.scale).clamp(-self.limit, self.limit)  # (L, D)
         std = (torch.exp(0.5 * logvar.float()) * self.scale).clamp(1e-2, 1e6)  # (L, D)
         return mean.cpu().double().numpy(), std.cpu().double().numpy()
+
+    def _affordable(self, lanes: list[int], std: np.ndarray) -> list[int]:
+        """The longest prefix of `lanes` whose codes the stack can pay for: each pop is estimated at
+        the entropy of its discretised posterior (log2(std sqrt(2 pi e)) bits per dimension, std in
+        bins), plus a margin, against the bits on the stack."""
+        entropy = np.log2(std[lanes] * math.sqrt(2 * math.pi * math.e)).clip(min=0).sum(1)  # (k,) bits
+        needed = np.cumsum(1.02 * entropy + 8)
+        return lanes[: int(np.searchsorted(needed, self.ans.num_bits(), side="right"))]
+
+    @staticmethod
+    def _paid_row(lines: int) -> np.ndarray:
+        """Probabilities of 0..lines codes paid for in a round, (1, lines + 1): nearly all on `lines`."""
+        row = np.full(lines + 1, ALL_PAID / lines)
+        row[lines] = 1 - ALL_PAID
+        return row[None]
 
     def _step_probabilities(self, features: torch.Tensor) -> np.ndarray:
         logits = self.model.logits(features).float()  # (L, V)
@@ -316,11 +346,13 @@ class _Coder:
         for lane, line in model_lanes:
             rows[lane] = tokens[line]
         codes: dict[int, np.ndarray] = {}
-        if model_lanes and round_ > 0:
+        if model_lanes and not self.ans.is_empty():
             mean, std = self._posterior(rows)
-            picked = [lane for lane, _ in model_lanes]
-            symbols = self.ans.decode(self.gaussian, mean[picked].ravel(), std[picked].ravel())
-            codes = dict(zip(picked, symbols.reshape(len(picked), -1)))
+            picked = self._affordable([lane for lane, _ in model_lanes], std)
+            if picked:
+                symbols = self.ans.decode(self.gaussian, mean[picked].ravel(), std[picked].ravel())
+                codes = dict(zip(picked, symbols.reshape(len(picked), -1)))
+        self.unpaid += [line for lane, line in model_lanes if lane not in codes]
         # 4'. the tokens under p(x|z), from the same step-by-step decoder calls the decompressor makes
         if model_lanes:
             targets = {lane: [*tokens[line], EOS_ID] for lane, line in model_lanes}
@@ -337,10 +369,12 @@ class _Coder:
                 token[alive] = torch.tensor([targets[lane][step] for lane in alive], device=self.vae.device)
             self.ans.encode_reverse(np.asarray(step_symbols, dtype=np.int32), self.categorical,
                                     np.concatenate(step_rows))
-        # 3'. z under the prior
+        # 3'. z under the prior, then how many lines have one
         if codes:
-            self.ans.encode_reverse(np.concatenate([codes[lane] for lane, _ in model_lanes]).astype(np.int32),
-                                    self.prior)
+            self.ans.encode_reverse(np.concatenate(list(codes.values())).astype(np.int32), self.prior)
+        if model_lanes:
+            self.ans.encode_reverse(np.asarray([len(codes)], dtype=np.int32), self.categorical,
+                                    self._paid_row(len(model_lanes)))
         # 2'. escaped lines under the byte model, rows in the decoder's order
         byte_rows, byte_symbols = [], []
         for lane, line in present:
@@ -364,12 +398,12 @@ class _Coder:
         for lane, line in present:
             if flags[line] == ESCAPE:
                 lines[line] = self._pop_bytes()
-        codes: dict[int, np.ndarray] = {}
-        if model_lanes and round_ > 0:
-            symbols = self.ans.decode(self.prior, len(model_lanes) * self.model.config.latent_dim)
-            codes = dict(zip((lane for lane, _ in model_lanes), symbols.reshape(len(model_lanes), -1)))
         if not model_lanes:
             return
+        paid = int(self.ans.decode(self.categorical, self._paid_row(len(model_lanes)))[0])
+        picked = [lane for lane, _ in model_lanes[:paid]]
+        dims = self.model.config.latent_dim
+        codes = dict(zip(picked, self.ans.decode(self.prior, paid * dims).reshape(paid, dims)))
         decoded: dict[int, list[int]] = {lane: [] for lane, _ in model_lanes}
         state = self.model.decoder.start(self._codes(codes, layout.lanes))
         token = torch.full((layout.lanes,), BOS_ID, dtype=torch.long, device=self.vae.device)
@@ -394,7 +428,6 @@ class _Coder:
             rows[lane] = decoded[lane][:-1]
         if codes:  # bits back: push z with the posterior of the line just decoded
             mean, std = self._posterior(rows)
-            picked = [lane for lane, _ in model_lanes]
             self.ans.encode_reverse(np.concatenate([codes[lane] for lane in picked]).astype(np.int32),
                                     self.gaussian, mean[picked].ravel(), std[picked].ravel())
         texts = decode_ids(self.vae.tokenizer, [rows[lane] for lane, _ in model_lanes])
