@@ -22,9 +22,11 @@ left over the ELBO is the discretisation error (measured by scripts/bench_compre
 
 Lanes, not one chain. Bits-back chains are sequential, so the file is dealt into `lanes`
 contiguous runs of lines (default 64) that are coded in lockstep rounds on ONE interleaved stack:
-round r holds line r of every lane, and every model call of a round runs on a batch of exactly
-`lanes` rows (rows without a model line get a fixed dummy), so the decompressor, which sees the
-same header, batches across lanes and computes bit-identical probabilities.
+round r holds line r of every lane. The encoder runs on a batch of exactly `lanes` rows (rows
+without a model line get a fixed dummy); the decoder steps run on the round's model lines that
+are still running, in lane order, so a finished line costs nothing. Both batch shapes are fixed
+by what the decompressor has already decoded (the header, the flags, the tokens so far), so it
+makes the same calls on the same shapes and computes bit-identical probabilities.
 
 Paying for the codes. Popping a round's codes takes about 32 x (grid + 2) bits per line, more
 than a line costs in all, so early rounds find too few bits on the stack (round 0 finds none).
@@ -328,11 +330,34 @@ class _Coder:
         logits[:, [PAD_ID, BOS_ID]] = float("-inf")
         return logits.softmax(-1).cpu().numpy()
 
-    def _codes(self, lane_symbols: dict[int, np.ndarray], lanes: int) -> torch.Tensor:
-        z = torch.zeros(lanes, self.model.config.latent_dim, device=self.vae.device)
-        for lane, symbols in lane_symbols.items():
-            z[lane] = torch.from_numpy(symbols.astype(np.float32)).to(self.vae.device) / self.scale
-        return z
+    def _run_decoder(self, lanes: list[int], codes: dict[int, np.ndarray], choose) -> dict[int, list[int]]:
+        """Step the decoder for the model lines of `lanes` (z from `codes`, 0 where a lane has none)
+        until each has emitted <eos>, and return each lane's tokens. The batch holds only the lanes
+        still running, in lane order, so compressor and decompressor make the same calls on the
+        same shapes and no step is spent on finished lines. `choose(alive, probabilities)` gives
+        the next token of each running lane (the compressor's targets, the decompressor's pops)."""
+        device = self.vae.device
+        z = torch.zeros(len(lanes), self.model.config.latent_dim, device=device)
+        for row, lane in enumerate(lanes):
+            if lane in codes:
+                z[row] = torch.from_numpy(codes[lane].astype(np.float32)).to(device) / self.scale
+        state = self.model.decoder.start(z)
+        token = torch.full((len(lanes),), BOS_ID, dtype=torch.long, device=device)
+        decoded: dict[int, list[int]] = {lane: [] for lane in lanes}
+        alive = list(lanes)
+        for _ in range(self.vae.max_words + 1):
+            features, state = self.model.decoder.step(token, state)
+            symbols = choose(alive, self._step_probabilities(features))
+            for lane, symbol in zip(alive, symbols):
+                decoded[lane].append(symbol)
+            running = [row for row, symbol in enumerate(symbols) if symbol != EOS_ID]
+            if not running:
+                return decoded
+            if len(running) < len(alive):
+                state = self.model.decoder.reorder(state, torch.tensor(running, device=device))
+            alive = [alive[row] for row in running]
+            token = torch.tensor([symbols[row] for row in running], dtype=torch.long, device=device)
+        raise _Corrupt  # more than max_words tokens: only a damaged stream decodes to that
 
     # -------------------------------------------------------------------------- compressing
     def push_round(self, layout: Layout, round_: int, flags, tokens, escaped) -> None:
@@ -356,17 +381,15 @@ class _Coder:
         # 4'. the tokens under p(x|z), from the same step-by-step decoder calls the decompressor makes
         if model_lanes:
             targets = {lane: [*tokens[line], EOS_ID] for lane, line in model_lanes}
-            state = self.model.decoder.start(self._codes(codes, layout.lanes))
-            token = torch.full((layout.lanes,), BOS_ID, dtype=torch.long, device=self.vae.device)
             step_rows, step_symbols = [], []
-            for step in range(max(len(target) for target in targets.values())):
-                features, state = self.model.decoder.step(token, state)
-                probabilities = self._step_probabilities(features)
-                alive = [lane for lane, target in targets.items() if step < len(target)]
-                step_rows.append(probabilities[alive])
-                step_symbols.extend(targets[lane][step] for lane in alive)
-                token = torch.full((layout.lanes,), PAD_ID, dtype=torch.long, device=self.vae.device)
-                token[alive] = torch.tensor([targets[lane][step] for lane in alive], device=self.vae.device)
+
+            def choose(alive: list[int], probabilities: np.ndarray) -> list[int]:
+                symbols = [targets[lane][len(step_rows)] for lane in alive]
+                step_rows.append(probabilities)
+                step_symbols.extend(symbols)
+                return symbols
+
+            self._run_decoder([lane for lane, _ in model_lanes], codes, choose)
             self.ans.encode_reverse(np.asarray(step_symbols, dtype=np.int32), self.categorical,
                                     np.concatenate(step_rows))
         # 3'. z under the prior, then how many lines have one
@@ -404,25 +427,14 @@ class _Coder:
         picked = [lane for lane, _ in model_lanes[:paid]]
         dims = self.model.config.latent_dim
         codes = dict(zip(picked, self.ans.decode(self.prior, paid * dims).reshape(paid, dims)))
-        decoded: dict[int, list[int]] = {lane: [] for lane, _ in model_lanes}
-        state = self.model.decoder.start(self._codes(codes, layout.lanes))
-        token = torch.full((layout.lanes,), BOS_ID, dtype=torch.long, device=self.vae.device)
-        alive = list(decoded)
-        for _ in range(self.vae.max_words + 1):
-            features, state = self.model.decoder.step(token, state)
-            probabilities = self._step_probabilities(features)
-            symbols = self.ans.decode(self.categorical, probabilities[alive]).tolist()
+
+        def choose(alive: list[int], probabilities: np.ndarray) -> list[int]:
+            symbols = self.ans.decode(self.categorical, probabilities).tolist()
             if PAD_ID in symbols or BOS_ID in symbols:
                 raise _Corrupt
-            token = torch.full((layout.lanes,), PAD_ID, dtype=torch.long, device=self.vae.device)
-            token[alive] = torch.tensor(symbols, device=self.vae.device)
-            for lane, symbol in zip(alive, symbols):
-                decoded[lane].append(symbol)
-            alive = [lane for lane, symbol in zip(alive, symbols) if symbol != EOS_ID]
-            if not alive:
-                break
-        if alive:
-            raise _Corrupt
+            return symbols
+
+        decoded = self._run_decoder([lane for lane, _ in model_lanes], codes, choose)
         rows: list[list[int] | None] = [None] * layout.lanes
         for lane, line in model_lanes:
             rows[lane] = decoded[lane][:-1]
