@@ -9,8 +9,8 @@ input text), and whether the round trip was exact. For the lines that take the m
 also gives the model's negative ELBO in bits (rec with one z ~ q(z|x) plus the analytic KL,
 summed over those lines) and how far the stream is above it, split into the header, the
 start-up (the lines coded with z = 0 and no bits back while the stack was too short to pay for
-their codes: -log p(x|0) minus their ELBO) and the rest (latent discretisation, flags, constriction's fixed-point probabilities and the
-one-sample noise of the ELBO estimate). Coding always runs on one torch thread (compress.py);
+their codes: -log p(x|0) minus their ELBO) and the rest (latent discretisation, flags,
+constriction's fixed-point probabilities and the one-sample noise of the ELBO estimate). Coding always runs on one torch thread (compress.py);
 --device (default auto) is where the model runs, and a stream decompresses only on the same kind.
 """
 

@@ -4,7 +4,8 @@
 # scripts/results/ptb.json, which the README's results tables are taken from.
 #
 # Usage: scripts/reproduce_ptb.sh [extra train flags, e.g. --trainer.max_epochs 3]
-#   CONFIGS="ptb ptb_lowrate ptb_transformer"  the configs to run (the default); entries of the same name in the
+#   CONFIGS="ptb ptb_lowrate ptb_transformer"
+#                                   the configs to run (the default); entries of the same name in the
 #                                   results file are replaced and the others kept; NAME=CONFIG runs
 #                                   configs/CONFIG.yaml under the name NAME
 #   RATES="5 15 30 50"              instead: the rate sweep (the Pareto table), configs/ptb_lowrate.yaml
@@ -67,7 +68,8 @@ if [ -n "${RATES:-}" ]; then
     run "ptb_rate_${rate}" configs/ptb_lowrate.yaml --kl.target_rate "${rate}" --kl.free_bits 0 "$@"
   done
 else
-  for item in ${CONFIGS:-ptb ptb_lowrate ptb_transformer}; do  # NAME, or NAME=CONFIG to file configs/CONFIG.yaml as NAME
+  # NAME, or NAME=CONFIG to file configs/CONFIG.yaml as NAME
+  for item in ${CONFIGS:-ptb ptb_lowrate ptb_transformer}; do
     run "${item%%=*}" "configs/${item#*=}.yaml" "$@"
   done
 fi
