@@ -4,7 +4,7 @@
 # scripts/results/ptb.json, which the README's results tables are taken from.
 #
 # Usage: scripts/reproduce_ptb.sh [extra train flags, e.g. --trainer.max_epochs 3]
-#   CONFIGS="ptb ptb_lowrate ptb_transformer"
+#   CONFIGS="ptb ptb_lowrate ptb_transformer ptb_transformer_lowrate"
 #                                   the configs to run (the default); entries of the same name in the
 #                                   results file are replaced and the others kept; NAME=CONFIG runs
 #                                   configs/CONFIG.yaml under the name NAME
@@ -73,7 +73,7 @@ if [ -n "${RATES:-}" ]; then
   done
 else
   # NAME, or NAME=CONFIG to file configs/CONFIG.yaml as NAME
-  for item in ${CONFIGS:-ptb ptb_lowrate ptb_transformer}; do
+  for item in ${CONFIGS:-ptb ptb_lowrate ptb_transformer ptb_transformer_lowrate}; do
     run "${item%%=*}" "configs/${item#*=}.yaml" "$@"
   done
 fi
