@@ -1,6 +1,6 @@
 """Bits-back compression against the standard compressors, measured in the same run; one JSON line.
 
-    python scripts/bench_compress.py --model runs/ptb [--raw FILE] [--lanes 64] [--device cpu]
+    python scripts/bench_compress.py --model runs/ptb [--raw FILE] [--lanes 64] [--parts 2] [--device cpu]
 
 For PTB test and one raw-text file (default: the GPL-3 text in /usr/share/common-licenses):
 size, bits per character (Unicode characters) and per whitespace word, gzip -9, bzip2 -9,
@@ -10,8 +10,11 @@ also gives the model's negative ELBO in bits (rec with one z ~ q(z|x) plus the a
 summed over those lines) and how far the stream is above it, split into the header, the
 start-up (the lines coded with z = 0 and no bits back while the stack was too short to pay for
 their codes: -log p(x|0) minus their ELBO) and the rest (latent discretisation, flags,
-constriction's fixed-point probabilities and the one-sample noise of the ELBO estimate). Coding always runs on one torch thread (compress.py);
---device (default auto) is where the model runs, and a stream decompresses only on the same kind.
+constriction's fixed-point probabilities and the one-sample noise of the ELBO estimate).
+A file of at least 4 x lanes lines per part is coded as --parts independent parts in parallel
+threads, each making single-threaded torch calls (compress.py); the header share counts every
+part's header. --device (default auto) is where the model runs, and a stream decompresses only
+on the same kind.
 """
 
 from __future__ import annotations
@@ -31,7 +34,7 @@ import torch
 
 from benchlib import device_arg, machine
 from textvae.api import TextVAE
-from textvae.compress import HEADER_SIZE, classify, compress_with_startup, fingerprint, split_lines
+from textvae.compress import HEADER_SIZE, classify, compress_with_startup, fingerprint, parts_of, split_lines
 from textvae.evaluate import score_ids
 from textvae.tokenizer import frame, pad_batch
 
@@ -72,11 +75,11 @@ def model_line_costs(vae: TextVAE, text: str, unpaid: list[int]) -> dict:
             "startup_bits": startup / math.log(2)}
 
 
-def measure(vae: TextVAE, path: Path, lanes: int) -> dict:
+def measure(vae: TextVAE, path: Path, lanes: int, parts: int) -> dict:
     raw = path.read_bytes()
     text = raw.decode("utf-8")
     start = time.perf_counter()
-    data, unpaid = compress_with_startup(vae, text, lanes)
+    data, unpaid = compress_with_startup(vae, text, lanes, parts)
     compress_s = time.perf_counter() - start
     start = time.perf_counter()
     restored = vae.decompress(data)
@@ -85,11 +88,11 @@ def measure(vae: TextVAE, path: Path, lanes: int) -> dict:
     result = {"file": str(path), "bytes": len(raw), "characters": len(text), "words": len(text.split()),
               "compressed_bytes": len(data), "bits_per_char": bits / len(text), "bits_per_word": bits / len(text.split()),
               "compress_kb_s": len(raw) / 1000 / compress_s, "decompress_kb_s": len(raw) / 1000 / decompress_s,
-              "exact": restored == text}
+              "exact": restored == text, "parts": parts_of(data) if data else 0}
     costs = model_line_costs(vae, text, unpaid)
     result.update(costs)
     if costs.get("escaped_lines") == 0:
-        header = 8 * HEADER_SIZE
+        header = 8 * HEADER_SIZE * parts_of(data)
         result["overhead_percent"] = 100 * (bits - costs["elbo_bits"]) / costs["elbo_bits"]
         result["overhead_split_percent"] = {
             "header": 100 * header / costs["elbo_bits"], "lane_startup": 100 * costs["startup_bits"] / costs["elbo_bits"],
@@ -109,6 +112,7 @@ def main() -> None:
     parser.add_argument("--ptb", default="data/ptb/ptb.test.txt", help="PTB test file")
     parser.add_argument("--raw", default="/usr/share/common-licenses/GPL-3", help="a raw-text file")
     parser.add_argument("--lanes", type=int, default=64, help="lines coded in lockstep")
+    parser.add_argument("--parts", type=int, default=2, help="independent parts coded in parallel threads")
     parser.add_argument("--device", type=device_arg, default="auto", help="auto, cpu, cuda, cuda:N or mps")
     args = parser.parse_args()
     vae = TextVAE.from_pretrained(args.model, device=args.device)
@@ -116,9 +120,10 @@ def main() -> None:
     run_json = model_dir / "run.json" if (model_dir / "run.json").is_file() else model_dir.parent / "run.json"
     report = {"benchmark": "compress", "model": str(model_dir), "fingerprint": fingerprint(vae).hex()[:16],
               "decoder": vae.config.model.decoder.type, "latent_dim": vae.latent_dim, "lanes": args.lanes,
-              "device": str(vae.device),
+              "parts": args.parts, "device": str(vae.device),
               "run": json.loads(run_json.read_text()) if run_json.is_file() else None,
-              "ptb_test": measure(vae, Path(args.ptb), args.lanes), "raw": measure(vae, Path(args.raw), args.lanes),
+              "ptb_test": measure(vae, Path(args.ptb), args.lanes, args.parts),
+              "raw": measure(vae, Path(args.raw), args.lanes, args.parts),
               "machine": machine()}
     print(json.dumps(report))
 

@@ -16,7 +16,7 @@ import torch
 from conftest import REPO, run_cli, synthetic_sentences
 from textvae import TextVAE
 from textvae.compress import (FORMAT_VERSION, HEADER_SIZE, MAGIC, classify, compress_with_startup, dequantize_codes,
-                              fingerprint, quantize_codes, split_lines)
+                              fingerprint, parts_of, quantize_codes, split_lines)
 from textvae.errors import UserError
 from textvae.tokenizer import pad_batch
 
@@ -75,23 +75,56 @@ def test_lines_take_the_model_path_or_the_escape(gru):
     assert all((flag == 0) == (ids is None) for flag, ids in zip(flags, tokens))
 
 
-def test_model_lines_cost_their_elbo(gru):
+@pytest.mark.parametrize("parts", [1, 2])
+def test_model_lines_cost_their_elbo(gru, parts):
     """Bits-back pays the negative ELBO: the stream is within 2% of the ELBO of the lines coded with
     bits back, plus -log p(x|z=0) of the lines the stack could not yet pay codes for, plus the
-    header. Popping codes from an exhausted stack (format version 1) cost far more than that."""
+    headers and stack heads. Popping codes from an exhausted stack (format version 1) cost far
+    more than that.
+    With two parts each starts its own stack: its lanes' first lines are coded at z = 0."""
     sentences = synthetic_sentences(200, seed=11)
     text = "\n".join(sentences) + "\n"
-    data, unpaid = compress_with_startup(gru, text, lanes=4)
-    assert {0, 50, 100, 150} <= set(unpaid) and len(unpaid) < 16  # each lane's first line, then a few
+    data, unpaid = compress_with_startup(gru, text, lanes=4, parts=parts)
+    assert parts_of(data) == parts
+    starts = set(range(0, 200, 50 // parts))  # the first line of each lane of each part
+    assert starts <= set(unpaid) and len(unpaid) < 16 * parts
     assert gru.decompress(data) == text
     nll, _ = gru.score(sentences, iw_samples=1)
     with torch.no_grad():
         at_zero = gru.model.reconstruction_nll(pad_batch(gru.tokenize([sentences[i] for i in unpaid])),
                                                torch.zeros(len(unpaid), gru.latent_dim))
     paid = [i for i in range(len(sentences)) if i not in unpaid]
-    expected = float(nll[paid].sum() + at_zero.sum()) / math.log(2) + 8 * HEADER_SIZE
+    # plus each part's header and the 64-bit head state its ANS stack ends with
+    expected = float(nll[paid].sum() + at_zero.sum()) / math.log(2) + (8 * HEADER_SIZE + 64) * parts
     assert abs(8 * len(data) - expected) < 0.02 * expected
     assert len(data) < len(zlib.compress(text.encode(), 9))
+
+
+@pytest.mark.parametrize("parts", [2, 3])
+def test_parts_round_trip_and_split_at_line_starts(vae, parts):
+    """A text of enough lines is cut into `parts` streams, one after the other, each starting on a
+    line of the text; together they decode to the text, whatever the thread count."""
+    text = mixed_text()  # 63 lines: at lanes 2 each part needs 8
+    data = vae.compress(text, lanes=2, parts=parts)
+    assert parts_of(data) == parts and data.count(MAGIC) >= parts
+    assert vae.decompress(data) == text
+    assert vae.compress(text, lanes=2, parts=1) != data
+    assert parts_of(vae.compress("the cat saw the ball\n" * 7, lanes=2, parts=parts)) == 1  # too few lines
+
+
+def test_a_missing_or_reordered_part_is_refused(gru):
+    text = "\n".join(synthetic_sentences(40, seed=3)) + "\n"
+    one, two = (gru.compress(piece, lanes=1, parts=1) for piece in (text[:100], text[100:]))
+    data = gru.compress(text, lanes=2, parts=2)
+    first = HEADER_SIZE + 4 * int.from_bytes(data[HEADER_SIZE - 12: HEADER_SIZE - 4], "little")
+    with pytest.raises(UserError, match="truncated"):
+        gru.decompress(data[:first])  # the first part alone: the second is missing
+    with pytest.raises(UserError, match="out of order or missing"):
+        gru.decompress(data[first:] + data[:first])
+    with pytest.raises(UserError, match="trailing bytes"):
+        gru.decompress(one + two)  # two one-part streams are no two-part stream
+    with pytest.raises(UserError, match="parts must be"):
+        gru.compress(text, parts=0)
 
 
 def test_header_magic_version_and_fingerprint(gru, gru_run):

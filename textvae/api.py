@@ -350,12 +350,14 @@ class TextVAE:
         high = min(low + 1, len(values) - 1)
         return values[low] + (values[high] - values[low]) * (position - low)
 
-    def compress(self, text: str, lanes: int = 64) -> bytes:
+    def compress(self, text: str, lanes: int = 64, parts: int = 2) -> bytes:
         """`text` (any str) as a lossless bits-back stream for this model (SPEC §11, compress.py);
-        `lanes` lines are coded in lockstep, the batch size of decompression."""
+        `lanes` lines are coded in lockstep, the batch size of decompression, in each of up to
+        `parts` independent parts that compression and decompression run in parallel threads
+        (a part gets at least 4 x `lanes` lines)."""
         from textvae.compress import compress
 
-        return compress(self, text, lanes)
+        return compress(self, text, lanes, parts)
 
     def decompress(self, data: bytes) -> str:
         """The text of a `compress` stream; a `UserError` if it was made with another model or

@@ -181,7 +181,7 @@ def cmd_decode(args, rest) -> None:
 def cmd_compress(args, rest) -> None:
     text = read_input_text(args.input)
     vae = _load(args)
-    data = vae.compress(text, lanes=args.lanes)
+    data = vae.compress(text, lanes=args.lanes, parts=args.parts)
     write_output(args.output, data)
     log.info("%d bytes -> %d bytes (%.3f bits per character)", len(text.encode("utf-8")), len(data),
              8 * len(data) / max(len(text), 1))
@@ -299,6 +299,9 @@ def build_parser() -> argparse.ArgumentParser:
     compress.add_argument("-o", "--output", required=True, help="compressed file (- for stdout)")
     compress.add_argument("--lanes", type=int, default=64,
                           help="lines coded in lockstep (the batch size of decompression)")
+    compress.add_argument("--parts", type=int, default=2,
+                          help="independent parts coded in parallel threads, one per core (each at least "
+                               "4 x lanes lines; default 2)")
     compress.set_defaults(handler=cmd_compress)
     decompress = commands.add_parser("decompress", parents=[common, model],
                                      help="restore the exact text of a compressed file")

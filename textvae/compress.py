@@ -28,6 +28,13 @@ are still running, in lane order, so a finished line costs nothing. Both batch s
 by what the decompressor has already decoded (the header, the flags, the tokens so far), so it
 makes the same calls on the same shapes and computes bit-identical probabilities.
 
+Parts, for the cores. A file of at least 4 x lanes lines per part is cut at line boundaries into
+`parts` (default 2) contiguous pieces, each coded as an independent stream with its own stack and
+byte model, and the streams are written one after the other. Compressor and decompressor code the
+parts in parallel threads, each making single-threaded torch calls, so a 2-core CPU runs two
+decoders at once; each part's probabilities depend only on its own calls, so the result is the
+same whatever runs beside it. Each part pays its own start-up (its first round at z = 0).
+
 Paying for the codes. Popping a round's codes takes about 32 x (grid + 2) bits per line, more
 than a line costs in all, so early rounds find too few bits on the stack (round 0 finds none).
 A pop from an exhausted stack still decodes, but to junk codes at the edge of the range that are
@@ -47,26 +54,32 @@ mps: the model's device, `--device` in the CLI) it was made on; both are in the 
 checked. All model work stays on that device; only the per-step probabilities come back to the
 CPU, where constriction codes them.
 
-Format (version 2), little-endian:
+Format (version 3), little-endian: the parts' streams one after the other, each
 
     magic "TVBB", version u8, fingerprint 32 bytes, device u8 (0 cpu, 1 cuda, 2 mps), grid u8,
-    z_range u8, crc32 of the original UTF-8 bytes u32, their length u64, lines u32, lanes u32,
-    ends-with-newline u8, flag counts 5 x u32 (escape, plain, " x", "x ", " x "), words u64,
-    crc32 of the header so far u32; then `words` u32 words of the ANS stack.
+    z_range u8, crc32 of the part's original UTF-8 bytes u32, their length u64, lines u32,
+    lanes u32, ends-with-newline u8, flag counts 5 x u32 (escape, plain, " x", "x ", " x "),
+    part u16, parts u16, words u64, crc32 of the header so far u32; then `words` u32 words of
+    the part's ANS stack.
+
+Version 2 was the same with one part and no part fields.
 
 A damaged or truncated stream, or another model, is a `UserError` (one line, exit 2 in the CLI),
-never wrong text: the header has its own checksum, decoding checks every bound it relies on,
-the stack must end exactly empty, and the result must match the stored crc32 and length.
+never wrong text: each header has its own checksum and numbers its part (so a missing part is
+caught), decoding checks every bound it relies on, each stack must end exactly empty, and each
+part's text must match its stored crc32 and length.
 """
 
 from __future__ import annotations
 
 import contextlib
 import hashlib
+import os
 import json
 import math
 import struct
 import zlib
+from concurrent.futures import ThreadPoolExecutor
 from typing import TYPE_CHECKING
 
 import numpy as np
@@ -79,8 +92,9 @@ if TYPE_CHECKING:
     from textvae.api import TextVAE
 
 MAGIC = b"TVBB"
-FORMAT_VERSION = 2
+FORMAT_VERSION = 3
 LANES = 64  # lines coded in lockstep: the decompressor's batch size
+PARTS = 2  # independent streams coded in parallel threads (files of at least 4 x lanes lines per part)
 GRID = 8  # latent bin width 2^-GRID
 Z_RANGE = 8  # latent values coded on [-Z_RANGE, Z_RANGE]
 ALL_PAID = 2**-10  # probability that a round pays for fewer than all of its codes (the count's model)
@@ -89,7 +103,7 @@ FORMS = ("{}", " {}", "{} ", " {} ")  # flags 1..4: spacing of a model-path line
 END = 256  # the byte model's end-of-line symbol
 LINE_START = 256  # the byte model's context at the start of a line
 ORDER0_WEIGHT = 2.0  # pseudo-counts an order-1 context starts with, spread like the order-0 counts
-_HEADER = struct.Struct("<4sB32sBBBIQIIB5IQ")
+_HEADER = struct.Struct("<4sB32sBBBIQIIB5IHHQ")
 HEADER_SIZE = _HEADER.size + 4
 _DEVICES = {"cpu": 0, "cuda": 1, "mps": 2}
 
@@ -105,21 +119,63 @@ def fingerprint(vae: "TextVAE") -> bytes:
     return digest.digest()
 
 
-def compress(vae: "TextVAE", text: str, lanes: int = LANES) -> bytes:
+def compress(vae: "TextVAE", text: str, lanes: int = LANES, parts: int = PARTS) -> bytes:
     """`text` as a self-checking bits-back stream for this model (see the module docstring)."""
-    return compress_with_startup(vae, text, lanes)[0]
+    return compress_with_startup(vae, text, lanes, parts)[0]
 
 
-def compress_with_startup(vae: "TextVAE", text: str, lanes: int = LANES) -> tuple[bytes, list[int]]:
+def compress_with_startup(vae: "TextVAE", text: str, lanes: int = LANES,
+                          parts: int = PARTS) -> tuple[bytes, list[int]]:
     """`compress`, plus the (0-based) numbers of the model-path lines that were coded with z = 0 and
     no bits back because the stack could not yet pay for their codes (for accounting the overhead)."""
     if not isinstance(text, str):
         raise TypeError(f"compress takes a str, got {type(text).__name__}")
     if lanes < 1:
         raise UserError(f"lanes must be at least 1, got {lanes}")
+    if not 1 <= parts <= 2**16 - 1:
+        raise UserError(f"parts must be between 1 and 65535, got {parts}")
     if vae.config.model.decoder.type == "pretrained":  # the coder frames lines with textvae's own special ids
         raise UserError("compress: models with a pretrained decoder (model.decoder.type: pretrained) are not "
                         "supported yet")
+    pieces = _cut(text, parts, lanes)
+    firsts = np.cumsum([0, *(len(split_lines(piece)[0]) for piece in pieces[:-1])]).tolist()
+    results = _in_parallel(vae, [(piece, lanes, part, len(pieces)) for part, piece in enumerate(pieces)], _compress_part)
+    unpaid = [first + line for first, (_, lines) in zip(firsts, results) for line in lines]
+    return b"".join(data for data, _ in results), unpaid
+
+
+def parts_of(data: bytes) -> int:
+    """How many parts a stream has, from its first header (unchecked: for accounting)."""
+    return _HEADER.unpack_from(data)[-2]
+
+
+def _cut(text: str, parts: int, lanes: int) -> list[str]:
+    """`text` cut at line starts into at most `parts` pieces of about equal line counts, each of at
+    least 4 x lanes lines (one piece for a small text); they join back to `text`."""
+    starts = [0, *(index + 1 for index, char in enumerate(text) if char == "\n")]
+    lines = len(split_lines(text)[0])
+    count = max(1, min(parts, lines // (4 * lanes)))
+    bounds = [starts[lines * part // count] for part in range(1, count)]
+    return [text[a:b] for a, b in zip([0, *bounds], [*bounds, len(text)])]
+
+
+def _in_parallel(vae: "TextVAE", jobs: list[tuple], work) -> list:
+    """`work(vae, *job)` for each job, in threads (one per job, at most one per core). Torch runs
+    single-threaded on a CPU meanwhile, so every call computes what it would compute alone."""
+    threads = torch.get_num_threads()
+    if vae.device.type == "cpu":
+        torch.set_num_threads(1)
+    try:
+        if len(jobs) == 1:
+            return [work(vae, *jobs[0])]
+        with ThreadPoolExecutor(max_workers=min(len(jobs), os.cpu_count() or 1)) as pool:
+            return list(pool.map(lambda job: work(vae, *job), jobs))
+    finally:
+        torch.set_num_threads(threads)
+
+
+def _compress_part(vae: "TextVAE", text: str, lanes: int, part: int, parts: int) -> tuple[bytes, list[int]]:
+    """One part's stream (header and stack) and its lines coded at z = 0, numbered within the part."""
     raw = text.encode("utf-8")
     lines, final_newline = split_lines(text)
     flags, tokens = classify(vae, lines)
@@ -135,24 +191,40 @@ def compress_with_startup(vae: "TextVAE", text: str, lanes: int = LANES) -> tupl
             coder.push_round(layout, round_, flags, tokens, escaped)
     words = coder.ans.get_compressed().astype("<u4")
     header = _HEADER.pack(MAGIC, FORMAT_VERSION, fingerprint(vae), _device_code(vae), GRID, Z_RANGE,
-                          zlib.crc32(raw), len(raw), len(lines), layout.lanes, final_newline, *counts, len(words))
+                          zlib.crc32(raw), len(raw), len(lines), layout.lanes, final_newline, *counts, part, parts,
+                          len(words))
     return header + struct.pack("<I", zlib.crc32(header)) + words.tobytes(), coder.unpaid
 
 
 def decompress(vae: "TextVAE", data: bytes) -> str:
     """The text `compress` was given; a `UserError` for another model or a damaged stream."""
     data = bytes(data)
-    if data[:4] != MAGIC[: len(data)] or not data:
+    jobs, offset, parts = [], 0, 1
+    while len(jobs) < parts:
+        header = _read_header(vae, data, offset, len(jobs), parts if jobs else None)
+        parts = header["parts"]
+        jobs.append((data, offset, header))
+        offset += HEADER_SIZE + 4 * header["words"]
+    if offset != len(data):
+        raise UserError(f"compressed stream has trailing bytes ({len(data)} bytes, its headers say {offset})")
+    return "".join(_in_parallel(vae, jobs, _decompress_part))
+
+
+def _read_header(vae: "TextVAE", data: bytes, offset: int, part: int, parts: int | None) -> dict:
+    """The checked header of part `part` at `offset` (`parts`: the count part 0 gave, None for part 0)."""
+    if not data or data[:4] != MAGIC[: len(data)]:
         raise UserError("not a textvae compressed stream (no TVBB magic)")
-    if len(data) < HEADER_SIZE:
-        raise UserError(f"compressed stream is truncated ({len(data)} bytes, shorter than its header)")
-    fields = _HEADER.unpack_from(data)
+    if len(data) - offset < HEADER_SIZE:
+        raise UserError(f"compressed stream is truncated ({len(data)} bytes, shorter than its headers)")
+    fields = _HEADER.unpack_from(data, offset)
+    if fields[0] != MAGIC:
+        raise UserError("compressed stream is corrupted (no TVBB magic where a part should start)")
     if fields[1] != FORMAT_VERSION:
         raise UserError(f"compressed stream has format version {fields[1]}, this textvae reads {FORMAT_VERSION}")
-    if struct.unpack_from("<I", data, _HEADER.size)[0] != zlib.crc32(data[: _HEADER.size]):
+    if struct.unpack_from("<I", data, offset + _HEADER.size)[0] != zlib.crc32(data[offset: offset + _HEADER.size]):
         raise UserError("compressed stream is corrupted (header checksum mismatch)")
     _, _, stored_print, device, grid, z_range, crc, size, n_lines, lanes, final_newline, *rest = fields
-    counts, n_words = list(rest[:5]), rest[5]
+    counts, this_part, n_parts, n_words = list(rest[:5]), rest[5], rest[6], rest[7]
     if stored_print != fingerprint(vae):
         raise UserError(f"compressed stream was made with another model (fingerprint {stored_print.hex()[:16]}, "
                         f"this model is {fingerprint(vae).hex()[:16]}); decompress with the same model")
@@ -160,16 +232,24 @@ def decompress(vae: "TextVAE", data: bytes) -> str:
         names = {code: name for name, code in _DEVICES.items()}
         raise UserError(f"compressed stream was made on {names.get(device, device)}; decompress it on the same "
                         f"kind of device (probabilities differ between devices)")
-    if len(data) != HEADER_SIZE + 4 * n_words:
-        raise UserError(f"compressed stream is truncated or has trailing bytes ({len(data)} bytes, header says "
-                        f"{HEADER_SIZE + 4 * n_words})")
+    if this_part != part or not n_parts or (parts is not None and n_parts != parts):
+        raise UserError("compressed stream is corrupted (its parts are out of order or missing)")
+    if len(data) < offset + HEADER_SIZE + 4 * n_words:
+        raise UserError(f"compressed stream is truncated ({len(data)} bytes, its headers say at least "
+                        f"{offset + HEADER_SIZE + 4 * n_words})")
     if sum(counts) != n_lines or lanes > n_lines or (n_lines and not lanes) or grid > 16 or not z_range:
         raise UserError("compressed stream is corrupted (inconsistent header)")
-    coder = _Coder(vae, counts, grid, z_range, size)
+    return {"grid": grid, "z_range": z_range, "crc": crc, "size": size, "lines": n_lines, "lanes": lanes,
+            "final_newline": final_newline, "counts": counts, "parts": n_parts, "words": n_words}
+
+
+def _decompress_part(vae: "TextVAE", data: bytes, offset: int, header: dict) -> str:
+    coder = _Coder(vae, header["counts"], header["grid"], header["z_range"], header["size"])
     try:
-        coder.ans = _ans_coder(np.frombuffer(data, dtype="<u4", offset=HEADER_SIZE).astype(np.uint32))
-        layout = Layout(n_lines, lanes)
-        lines: list[str | None] = [None] * n_lines
+        start = offset + HEADER_SIZE
+        coder.ans = _ans_coder(np.frombuffer(data, dtype="<u4", count=header["words"], offset=start).astype(np.uint32))
+        layout = Layout(header["lines"], header["lanes"])
+        lines: list[str | None] = [None] * header["lines"]
         with coder.computing():
             for round_ in reversed(range(layout.rounds)):
                 coder.pop_round(layout, round_, lines)
@@ -177,9 +257,9 @@ def decompress(vae: "TextVAE", data: bytes) -> str:
             raise _Corrupt
     except (_Corrupt, ValueError, OverflowError):
         raise UserError("compressed stream is corrupted (it does not decode)") from None
-    text = "\n".join(lines) + ("\n" if final_newline else "")
+    text = "\n".join(lines) + ("\n" if header["final_newline"] else "")
     raw = text.encode("utf-8")
-    if len(raw) != size or zlib.crc32(raw) != crc:
+    if len(raw) != header["size"] or zlib.crc32(raw) != header["crc"]:
         raise UserError("compressed stream is corrupted (checksum of the decoded text does not match)")
     return text
 
