@@ -152,8 +152,9 @@ def parts_of(data: bytes) -> int:
 def _cut(text: str, parts: int, lanes: int) -> list[str]:
     """`text` cut at line starts into at most `parts` pieces of about equal line counts, each of at
     least 4 x lanes lines (one piece for a small text); they join back to `text`."""
-    starts = [0, *(index + 1 for index, char in enumerate(text) if char == "\n")]
-    lines = len(split_lines(text)[0])
+    lengths = [len(line) + 1 for line in split_lines(text)[0]]
+    starts = np.cumsum([0, *lengths]).tolist()  # where each line starts (and the end, plus one)
+    lines = len(lengths)
     count = max(1, min(parts, lines // (4 * lanes)))
     bounds = [starts[lines * part // count] for part in range(1, count)]
     return [text[a:b] for a, b in zip([0, *bounds], [*bounds, len(text)])]
