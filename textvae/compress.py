@@ -74,9 +74,9 @@ from __future__ import annotations
 
 import contextlib
 import hashlib
-import os
 import json
 import math
+import os
 import struct
 import zlib
 from concurrent.futures import ThreadPoolExecutor
@@ -137,9 +137,10 @@ def compress_with_startup(vae: "TextVAE", text: str, lanes: int = LANES,
     if vae.config.model.decoder.type == "pretrained":  # the coder frames lines with textvae's own special ids
         raise UserError("compress: models with a pretrained decoder (model.decoder.type: pretrained) are not "
                         "supported yet")
-    pieces = _cut(text, parts, lanes)
+    pieces, stamp = _cut(text, parts, lanes), fingerprint(vae)
     firsts = np.cumsum([0, *(len(split_lines(piece)[0]) for piece in pieces[:-1])]).tolist()
-    results = _in_parallel(vae, [(piece, lanes, part, len(pieces)) for part, piece in enumerate(pieces)], _compress_part)
+    jobs = [(piece, lanes, part, len(pieces), stamp) for part, piece in enumerate(pieces)]
+    results = _in_parallel(vae, jobs, _compress_part)
     unpaid = [first + line for first, (_, lines) in zip(firsts, results) for line in lines]
     return b"".join(data for data, _ in results), unpaid
 
@@ -175,7 +176,8 @@ def _in_parallel(vae: "TextVAE", jobs: list[tuple], work) -> list:
         torch.set_num_threads(threads)
 
 
-def _compress_part(vae: "TextVAE", text: str, lanes: int, part: int, parts: int) -> tuple[bytes, list[int]]:
+def _compress_part(vae: "TextVAE", text: str, lanes: int, part: int, parts: int,
+                   stamp: bytes) -> tuple[bytes, list[int]]:
     """One part's stream (header and stack) and its lines coded at z = 0, numbered within the part."""
     raw = text.encode("utf-8")
     lines, final_newline = split_lines(text)
@@ -191,7 +193,7 @@ def _compress_part(vae: "TextVAE", text: str, lanes: int, part: int, parts: int)
         for round_ in range(layout.rounds):
             coder.push_round(layout, round_, flags, tokens, escaped)
     words = coder.ans.get_compressed().astype("<u4")
-    header = _HEADER.pack(MAGIC, FORMAT_VERSION, fingerprint(vae), _device_code(vae), GRID, Z_RANGE,
+    header = _HEADER.pack(MAGIC, FORMAT_VERSION, stamp, _device_code(vae), GRID, Z_RANGE,
                           zlib.crc32(raw), len(raw), len(lines), layout.lanes, final_newline, *counts, part, parts,
                           len(words))
     return header + struct.pack("<I", zlib.crc32(header)) + words.tobytes(), coder.unpaid
@@ -200,9 +202,9 @@ def _compress_part(vae: "TextVAE", text: str, lanes: int, part: int, parts: int)
 def decompress(vae: "TextVAE", data: bytes) -> str:
     """The text `compress` was given; a `UserError` for another model or a damaged stream."""
     data = bytes(data)
-    jobs, offset, parts = [], 0, 1
+    jobs, offset, parts, stamp = [], 0, 1, fingerprint(vae)
     while len(jobs) < parts:
-        header = _read_header(vae, data, offset, len(jobs), parts if jobs else None)
+        header = _read_header(vae, data, offset, len(jobs), parts if jobs else None, stamp)
         parts = header["parts"]
         jobs.append((data, offset, header))
         offset += HEADER_SIZE + 4 * header["words"]
@@ -211,8 +213,9 @@ def decompress(vae: "TextVAE", data: bytes) -> str:
     return "".join(_in_parallel(vae, jobs, _decompress_part))
 
 
-def _read_header(vae: "TextVAE", data: bytes, offset: int, part: int, parts: int | None) -> dict:
-    """The checked header of part `part` at `offset` (`parts`: the count part 0 gave, None for part 0)."""
+def _read_header(vae: "TextVAE", data: bytes, offset: int, part: int, parts: int | None, stamp: bytes) -> dict:
+    """The checked header of part `part` at `offset` (`parts`: the count part 0 gave, None for part 0;
+    `stamp`: this model's fingerprint)."""
     if not data or data[:4] != MAGIC[: len(data)]:
         raise UserError("not a textvae compressed stream (no TVBB magic)")
     if len(data) - offset < HEADER_SIZE:
@@ -226,9 +229,9 @@ def _read_header(vae: "TextVAE", data: bytes, offset: int, part: int, parts: int
         raise UserError("compressed stream is corrupted (header checksum mismatch)")
     _, _, stored_print, device, grid, z_range, crc, size, n_lines, lanes, final_newline, *rest = fields
     counts, this_part, n_parts, n_words = list(rest[:5]), rest[5], rest[6], rest[7]
-    if stored_print != fingerprint(vae):
+    if stored_print != stamp:
         raise UserError(f"compressed stream was made with another model (fingerprint {stored_print.hex()[:16]}, "
-                        f"this model is {fingerprint(vae).hex()[:16]}); decompress with the same model")
+                        f"this model is {stamp.hex()[:16]}); decompress with the same model")
     if device != _device_code(vae):
         names = {code: name for name, code in _DEVICES.items()}
         raise UserError(f"compressed stream was made on {names.get(device, device)}; decompress it on the same "
