@@ -88,11 +88,11 @@ def measure(vae: TextVAE, path: Path, lanes: int, parts: int) -> dict:
     result = {"file": str(path), "bytes": len(raw), "characters": len(text), "words": len(text.split()),
               "compressed_bytes": len(data), "bits_per_char": bits / len(text), "bits_per_word": bits / len(text.split()),
               "compress_kb_s": len(raw) / 1000 / compress_s, "decompress_kb_s": len(raw) / 1000 / decompress_s,
-              "exact": restored == text, "parts": parts_of(data) if data else 0}
+              "exact": restored == text, "parts": parts_of(data)}
     costs = model_line_costs(vae, text, unpaid)
     result.update(costs)
     if costs.get("escaped_lines") == 0:
-        header = 8 * HEADER_SIZE * parts_of(data)
+        header = 8 * HEADER_SIZE * result["parts"]
         result["overhead_percent"] = 100 * (bits - costs["elbo_bits"]) / costs["elbo_bits"]
         result["overhead_split_percent"] = {
             "header": 100 * header / costs["elbo_bits"], "lane_startup": 100 * costs["startup_bits"] / costs["elbo_bits"],

@@ -137,8 +137,7 @@ def compress_with_startup(vae: "TextVAE", text: str, lanes: int = LANES,
     if vae.config.model.decoder.type == "pretrained":  # the coder frames lines with textvae's own special ids
         raise UserError("compress: models with a pretrained decoder (model.decoder.type: pretrained) are not "
                         "supported yet")
-    pieces, stamp = _cut(text, parts, lanes), fingerprint(vae)
-    firsts = np.cumsum([0, *(len(split_lines(piece)[0]) for piece in pieces[:-1])]).tolist()
+    (pieces, firsts), stamp = _cut(text, parts, lanes), fingerprint(vae)
     jobs = [(piece, lanes, part, len(pieces), stamp) for part, piece in enumerate(pieces)]
     results = _in_parallel(vae, jobs, _compress_part)
     unpaid = [first + line for first, (_, lines) in zip(firsts, results) for line in lines]
@@ -150,15 +149,17 @@ def parts_of(data: bytes) -> int:
     return _HEADER.unpack_from(data)[-2]
 
 
-def _cut(text: str, parts: int, lanes: int) -> list[str]:
+def _cut(text: str, parts: int, lanes: int) -> tuple[list[str], list[int]]:
     """`text` cut at line starts into at most `parts` pieces of about equal line counts, each of at
-    least 4 x lanes lines (one piece for a small text); they join back to `text`."""
+    least 4 x lanes lines (one piece for a small text), which join back to `text`; and the number
+    of each piece's first line."""
     lengths = [len(line) + 1 for line in split_lines(text)[0]]
     starts = np.cumsum([0, *lengths]).tolist()  # where each line starts (and the end, plus one)
     lines = len(lengths)
     count = max(1, min(parts, lines // (4 * lanes)))
-    bounds = [starts[lines * part // count] for part in range(1, count)]
-    return [text[a:b] for a, b in zip([0, *bounds], [*bounds, len(text)])]
+    firsts = [lines * part // count for part in range(count)]
+    bounds = [starts[first] for first in firsts[1:]]
+    return [text[a:b] for a, b in zip([0, *bounds], [*bounds, len(text)])], firsts
 
 
 def _in_parallel(vae: "TextVAE", jobs: list[tuple], work) -> list:
@@ -374,15 +375,9 @@ class _Coder:
 
     @contextlib.contextmanager
     def computing(self):
-        """No gradients, eval mode, float32, and on a CPU one thread (MKL's sums depend on it)."""
-        threads = torch.get_num_threads()
-        if self.vae.device.type == "cpu":
-            torch.set_num_threads(1)
-        try:
-            with torch.no_grad(), torch.autocast(self.vae.device.type, enabled=False):
-                yield
-        finally:
-            torch.set_num_threads(threads)
+        """No gradients and float32 (the one-thread setting is `_in_parallel`'s, around every part)."""
+        with torch.no_grad(), torch.autocast(self.vae.device.type, enabled=False):
+            yield
 
     # ------------------------------------------------------------------------- model pieces
     def _posterior(self, rows: list[list[int] | None]) -> tuple[np.ndarray, np.ndarray]:
