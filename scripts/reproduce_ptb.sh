@@ -51,12 +51,12 @@ from pathlib import Path
 results, name, config, train_s, eval_s, valid, test, flags = sys.argv[1:]
 cpu = next((l.split(":", 1)[1].strip() for l in open("/proc/cpuinfo") if l.startswith("model name")),
            platform.machine())
-gpu = json.loads(test).get("device", "cpu").startswith("cuda")
-if gpu:
+gpu = "no GPU"
+if json.loads(test).get("device", "cpu").startswith("cuda"):
     import torch
     gpu = torch.cuda.get_device_name()
 entry = {"name": name, "config": config, "extra_flags": flags, "train_seconds": int(train_s),
-         "eval_seconds": int(eval_s), "hardware": f"{cpu}, {os.cpu_count()} cores, {gpu or 'no GPU'}",
+         "eval_seconds": int(eval_s), "hardware": f"{cpu}, {os.cpu_count()} cores, {gpu}",
          "command": f"textvae train --config {config} {flags}".strip(),
          "valid": json.loads(valid), "test": json.loads(test)}
 path = Path(results)

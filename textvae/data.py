@@ -444,7 +444,7 @@ class BucketBatchSampler(Sampler[list[int]]):
                  pool: int = 100, num_replicas: int = 1, rank: int = 0):
         if len(lengths) < num_replicas:
             raise UserError(f"data: {len(lengths)} sentences cannot be split across {num_replicas} devices")
-        self.lengths = torch.as_tensor(lengths, dtype=torch.int64)
+        self.lengths = torch.tensor(np.asarray(lengths), dtype=torch.int64)  # a copy: `lengths` may be read-only
         self.batch_size, self.shuffle, self.seed, self.pool = batch_size, shuffle, seed, pool
         self.num_replicas, self.rank = num_replicas, rank
         self.epoch = 0
