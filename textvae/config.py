@@ -275,7 +275,8 @@ class TrainerConfig:
     deterministic: Union[bool, Literal["warn"]] = False  # true: deterministic torch kernels (slower); warn: warn only
     logger: Union[str, list[str], None] = None  # csv (always on) + tensorboard/wandb/mlflow; null: + tensorboard if installed
     checkpoint_every_n_steps: int = 500  # also save last.ckpt every this many steps (crash recovery)
-    early_stopping_patience: Optional[int] = None  # validations with no lower valid/elbo before stopping (0/null: off)
+    early_stopping_patience: Optional[int] = None  # validations with no lower valid/<best_by> before stopping (0/null: off)
+    best_by: Literal["elbo", "rec"] = "elbo"  # best.ckpt and model/: lowest valid elbo, or rec (high-rate models)
 
     def __post_init__(self):
         _require(self.max_epochs >= -1, "trainer.max_epochs", "must be >= -1", self.max_epochs)
@@ -299,7 +300,7 @@ class TrainerConfig:
         """The arguments for `lightning.Trainer` (our own extras removed: train.py builds the loggers
         and the checkpoint and early-stopping callbacks)."""
         kwargs = dataclasses.asdict(self)
-        for own in ("checkpoint_every_n_steps", "logger", "early_stopping_patience"):
+        for own in ("checkpoint_every_n_steps", "logger", "early_stopping_patience", "best_by"):
             del kwargs[own]
         kwargs["gradient_clip_val"] = self.gradient_clip_val or None
         return kwargs

@@ -2,7 +2,8 @@
 
 A run directory holds `config.yaml`, `run.json` (the textvae version and git commit that
 started or last resumed the run; the commit is null outside a git checkout), `checkpoints/`
-(best by validation ELBO, `last.ckpt`, refreshed every `trainer.checkpoint_every_n_steps`),
+(best by validation ELBO, or by validation rec with `trainer.best_by: rec`; `last.ckpt`, refreshed
+every `trainer.checkpoint_every_n_steps`),
 `logs/metrics.csv` (and the logs of `trainer.logger`), the `model/` export of the best
 checkpoint, `metrics.json` (SPEC §7 on valid and test), `samples.txt` and `curves.png`;
 `runs/latest` points at the newest run. Choices worth knowing:
@@ -22,7 +23,10 @@ checkpoint, `metrics.json` (SPEC §7 on valid and test), `samples.txt` and `curv
   exit 2) on `--resume` before the run directory changes, or at the end of a run before export.
 - A resumed run appends to `logs/metrics.csv` (rows past the checkpoint's step are dropped;
   loggers.py), instead of Lightning's CSVLogger's default of deleting the file.
-- `trainer.early_stopping_patience` adds Lightning's `EarlyStopping` on `valid/elbo`.
+- `trainer.early_stopping_patience` adds Lightning's `EarlyStopping` on the same metric as the best
+  checkpoint: `valid/elbo`, or `valid/rec` with `trainer.best_by: rec`. A model whose KL is meant to
+  grow (an autoencoder phase, a high target rate) has its best ELBO early and its best
+  reconstructions late, so ELBO would export an early checkpoint.
 - The end-of-run evaluation (IW-NLL, decodes, MI) and `samples.txt` run on the trainer's root
   device (a GPU run stays on its GPU); the export is device-independent (CPU copies of the weights).
 """
@@ -185,15 +189,16 @@ def train(config: Config, resume: bool = False, overwrite: bool = False) -> Path
 
     checkpoints = run_dir / "checkpoints"
     interrupt = SaveOnInterrupt(checkpoints)
+    monitor = f"valid/{config.trainer.best_by}"
     callbacks = [
-        ModelCheckpoint(dirpath=checkpoints, filename="best", monitor="valid/elbo", mode="min", save_top_k=1,
+        ModelCheckpoint(dirpath=checkpoints, filename="best", monitor=monitor, mode="min", save_top_k=1,
                         save_last=True, enable_version_counter=False),
         ModelCheckpoint(dirpath=checkpoints, save_top_k=0, save_last=True, enable_version_counter=False,
                         every_n_train_steps=config.trainer.checkpoint_every_n_steps),
         interrupt,
     ]
     patience = config.trainer.early_stopping_patience
-    early_stopping = EarlyStopping(monitor="valid/elbo", mode="min", patience=patience) if patience else None
+    early_stopping = EarlyStopping(monitor=monitor, mode="min", patience=patience) if patience else None
     if early_stopping is not None:
         callbacks.append(early_stopping)
     loggers = make_loggers(logger_names, run_dir)
@@ -227,8 +232,8 @@ def train(config: Config, resume: bool = False, overwrite: bool = False) -> Path
         raise Interrupted(f"train: {interrupt.signal} at step {trainer.global_step}; saved {interrupt.ckpt_path}; "
                           f"continue with --resume", 130 if interrupt.signal == "SIGINT" else 143)
     if early_stopping is not None and early_stopping.wait_count >= patience:
-        log.info("train: stopped early at step %d: valid/elbo did not improve for %d validations",
-                 trainer.global_step, patience)
+        log.info("train: stopped early at step %d: %s did not improve for %d validations",
+                 trainer.global_step, monitor, patience)
     if not trainer.is_global_zero:
         return run_dir
     # The best checkpoint is always checkpoints/best.ckpt of this run directory. (The callback's own
