@@ -188,6 +188,8 @@ def test_wrong_type_names_the_key(flags, key):
     (["--trainer.logger", "comet"], "trainer.logger"),
     (["--trainer.check_val_every_n_epoch", "0"], "trainer.check_val_every_n_epoch"),
     (["--trainer.early_stopping_patience", "-1"], "trainer.early_stopping_patience"),
+    (["--trainer.best_by", "nll"], "trainer.best_by"),
+    (["--model.bow_weight", "-0.5"], "model.bow_weight"),
 ])
 def test_out_of_range_value_names_the_key_and_value(flags, key):
     with pytest.raises(UserError) as error:

@@ -16,7 +16,7 @@ from textvae.errors import UserError
 from textvae.losses import gaussian_kl
 from textvae.model import VAE
 from textvae.system import VAESystem
-from textvae.tokenizer import encode_batch, frame, pad_batch, train_tokenizer
+from textvae.tokenizer import PAD_ID, encode_batch, frame, pad_batch, train_tokenizer
 
 pytestmark = pytest.mark.usefixtures("single_thread")
 
@@ -200,6 +200,26 @@ def test_bn_vae_bounds_each_dimensions_kl_from_below():
     alone, _ = model.encode(tokens[:1, :5])
     together, _ = model.encode(tokens)
     torch.testing.assert_close(alone[0], together[0], rtol=1e-5, atol=1e-5)
+
+
+def test_bow_loss_is_the_words_nll_under_one_softmax_of_z_and_stays_out_of_the_elbo():
+    system = make_system(model={"bow_weight": 0.5}, kl={"schedule": "constant"})
+    plain = make_system(kl={"schedule": "constant"})  # same seed: the same encoder and decoder
+    out, without = terms(system, TOKENS, "train"), terms(plain, TOKENS, "train")
+    torch.testing.assert_close(out["rec"], without["rec"])
+    torch.testing.assert_close(out["kl"], without["kl"])
+    torch.manual_seed(0)
+    mean, logvar = system.model.encode(TOKENS)
+    z = system.model.reparameterize(mean, logvar)  # the code loss_terms drew with seed 0
+    head = system.model.bow
+    expected = []
+    for sentence, code in zip(TOKENS.tolist(), z):
+        words = [w for w in sentence[1:] if w != PAD_ID]  # w1 .. wn <eos>, no padding
+        log_probs = torch.log_softmax(code @ head.weight.T + head.bias, dim=-1)
+        expected.append(-sum(log_probs[w] for w in words))
+    torch.testing.assert_close(out["bow"], torch.stack(expected))
+    torch.testing.assert_close(out["loss"], (out["rec"] + out["kl"]).mean() + 0.5 * out["bow"].mean())
+    assert "bow" not in without and plain.model.bow is None
 
 
 def learning_rates(total_steps: float, **optim) -> list[float]:

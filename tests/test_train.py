@@ -308,20 +308,24 @@ def test_accumulate_grad_batches_and_check_val_every_n_epoch(configured_run):
 
 
 def test_best_by_rec_exports_the_lowest_valid_rec(tmp_path):
-    # A plain autoencoder (beta 0 throughout) validated on its own training sentences: its KL swings
-    # and grows while its reconstructions improve, so the lowest valid elbo is not the lowest rec.
+    # A plain autoencoder (beta 0 throughout, with the bag-of-words loss) validated on its own training
+    # sentences: its KL swings and grows while its reconstructions improve, so the lowest valid elbo is
+    # not the lowest rec.
     sentences = tmp_path / "s.txt"
     sentences.write_text("\n".join(ptb_lines("train", 200)) + "\n")
     files = [f"--data.{split}_file={sentences}" for split in ("train", "valid", "test")]
     train(tmp_path, "--trainer.best_by", "rec", "--data.dataset", "text", *files, "--kl.ae_steps", "1000",
           "--kl.ae_reset_decoder", "false", "--kl.free_bits", "0", "--model.word_dropout", "0",
-          "--model.latent_dim", "32", "--optim.lr", "0.01", "--trainer.max_epochs", "12", *QUICK_EVAL)
+          "--model.latent_dim", "32", "--model.bow_weight", "0.5", "--optim.lr", "0.01",
+          "--trainer.max_epochs", "12", *QUICK_EVAL)
     run_dir = tmp_path / "runs" / "debug"
     rows = [row for row in read_log(run_dir) if row.get("valid/elbo")]
     lowest_rec, lowest_elbo = (min(rows, key=lambda row: float(row[key])) for key in ("valid/rec", "valid/elbo"))
     assert checkpoint_step(run_dir / "checkpoints" / "best.ckpt") == int(lowest_rec["step"]) + 1
     assert lowest_elbo["step"] != lowest_rec["step"], rows  # the default would have exported another one
-    assert TextVAE.from_pretrained(run_dir).extra["checkpoint"] == "best.ckpt"
+    exported = TextVAE.from_pretrained(run_dir)  # the bag-of-words head travels with the export
+    assert exported.extra["checkpoint"] == "best.ckpt" and exported.model.bow is not None
+    assert all(row.get("valid/bow") for row in rows)
 
 
 def test_early_stopping_after_patience_validations_without_improvement(tmp_path):

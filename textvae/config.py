@@ -172,6 +172,7 @@ class ModelConfig:
     latent_dim: int = 32  # size of the Gaussian code z
     word_dropout: float = 0.25  # probability a decoder input token (not <bos>/pad) becomes <unk>
     posterior_bn: float = 0.0  # BN-VAE (Zhu et al. 2020): posterior means batch-normalised to this scale (0: off)
+    bow_weight: float = 0.0  # bag-of-words loss (Zhao et al. 2017): weight of -log p(words of x | z) in training (0: off)
     encoder: EncoderConfig = field(default_factory=EncoderConfig)  # the inference network q(z|x)
     decoder: DecoderConfig = field(default_factory=DecoderConfig)  # the generative network p(x|z)
 
@@ -179,6 +180,7 @@ class ModelConfig:
         _require(self.latent_dim >= 1, "model.latent_dim", "must be > 0", self.latent_dim)
         _require(0.0 <= self.word_dropout <= 1.0, "model.word_dropout", "must be in [0, 1]", self.word_dropout)
         _require(self.posterior_bn >= 0, "model.posterior_bn", "must be >= 0", self.posterior_bn)
+        _require(self.bow_weight >= 0, "model.bow_weight", "must be >= 0", self.bow_weight)
 
     @property
     def max_words(self) -> int:

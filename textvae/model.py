@@ -15,6 +15,8 @@
   run in blocks of `LOSS_ROWS` positions, so the float logits never fill memory.
 - Inputs longer than a position table (`max_positions`) are a caller's bug and raise: sentences
   are cut to `ModelConfig.max_words` where they are tokenised, with a count, never silently here.
+- `model.bow_weight` adds a bag-of-words head: one linear map from z to vocabulary logits, whose
+  NLL of the sentence's words (order ignored) is an auxiliary training loss (system.py).
 - Weight tying shares the input embedding with the output projection (a linear map from the
   decoder width to the embedding size is inserted when they differ).
 - `model.decoder.type: pretrained` puts an HF causal LM in the decoder's place (pretrained.py),
@@ -285,6 +287,10 @@ class VAE(nn.Module):
         self.apply(self._init_weights)
         if self.posterior_bn is not None:
             nn.init.constant_(self.posterior_bn.weight, config.posterior_bn)
+        # Bag-of-words head (Zhao et al. 2017): z alone predicts every word of its sentence, so the
+        # encoder learns informative codes from the first step instead of waiting for the decoder.
+        # Made last, so the rest of the model is initialised as it would be without it.
+        self.bow = nn.Linear(config.latent_dim, vocab_size) if config.bow_weight > 0 else None
         # HF parts come after the init above, which would overwrite their trained embeddings.
         if pretrained is not None:
             if tokenizer is None:
@@ -368,11 +374,22 @@ class VAE(nn.Module):
         rows = torch.arange(tokens.size(0), device=tokens.device).unsqueeze(1).expand_as(targets)[real]
         return torch.zeros(tokens.size(0), device=tokens.device).index_add(0, rows, token_nll)
 
+    def bow_nll(self, tokens: torch.Tensor, z: torch.Tensor) -> torch.Tensor:
+        """-sum over the targets `w1 .. wn <eos>` of log p_bow(w | z) per sentence (B,): one softmax
+        over the vocabulary per code, blind to word order."""
+        targets = tokens[:, 1:]
+        log_probs = F.log_softmax(self.bow(z).float(), dim=-1)  # (B, V)
+        real = (targets != self.specials.pad).to(log_probs.dtype)
+        return -(log_probs.gather(1, targets) * real).sum(1)
+
     def forward(self, tokens: torch.Tensor, word_dropout: float = 0.0) -> dict[str, torch.Tensor]:
         mean, logvar = self.encode(tokens)
         z = self.reparameterize(mean, logvar)
         rec = self.reconstruction_nll(tokens, z, word_dropout)
-        return {"rec": rec, "mean": mean, "logvar": logvar, "z": z}
+        out = {"rec": rec, "mean": mean, "logvar": logvar, "z": z}
+        if self.bow is not None:
+            out["bow"] = self.bow_nll(tokens, z)
+        return out
 
 
     def tied_names(self) -> set[str]:

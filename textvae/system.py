@@ -8,7 +8,9 @@ The loss is rec + beta * KL per sentence, averaged over the batch, with the KL f
 dimension by the free bits (`kl.free_bits`, or `kl.target_rate` / latent_dim); the logged KL is
 never floored. With `kl.ae_steps` the first steps train a plain autoencoder (beta 0, no floor),
 after which the decoder is re-initialised and the schedule (or controller) starts (Li et al.
-2019). Validation and test use no word dropout and beta = 1, so `valid/elbo` is the
+2019). `model.bow_weight` adds that weight times a bag-of-words NLL of each sentence given its z
+(Zhao et al. 2017; logged as `stage/bow`), an auxiliary loss outside the ELBO that teaches the
+encoder fast. Validation and test use no word dropout and beta = 1, so `valid/elbo` is the
 true negative ELBO. beta is a pure function of `global_step` under a schedule, or the state of
 the rate controller (`kl.target_rate` with `rate_control: beta`), a buffer saved in every
 checkpoint; either way a resumed run continues where it stopped. A non-finite loss stops
@@ -91,7 +93,11 @@ class VAESystem(L.LightningModule):
         beta = self.beta() if training else 1.0
         kl_term = free_bits_kl(kl_per_dim, self.free_bits) if training else kl_per_dim.sum(-1)
         loss = (out["rec"] + beta * kl_term).mean()
-        return {"rec": out["rec"], "kl": kl_per_dim.sum(-1), "loss": loss, "beta": torch.tensor(beta)}
+        terms = {"rec": out["rec"], "kl": kl_per_dim.sum(-1), "beta": torch.tensor(beta)}
+        if "bow" in out:  # an auxiliary loss: it trains the encoder, and is no part of the ELBO
+            terms["bow"] = out["bow"]
+            loss = loss + self.config.model.bow_weight * out["bow"].mean()
+        return {**terms, "loss": loss}
 
     def _shared_step(self, batch: dict, stage: str) -> torch.Tensor:
         tokens = batch["tokens"]  # (B, T)
@@ -99,6 +105,8 @@ class VAESystem(L.LightningModule):
         rec, kl, loss = terms["rec"], terms["kl"], terms["loss"]
         batch_size = tokens.size(0)
         logged = {f"{stage}/rec": rec.mean(), f"{stage}/kl": kl.mean(), f"{stage}/elbo": (rec + kl).mean()}
+        if "bow" in terms:
+            logged[f"{stage}/bow"] = terms["bow"].mean()
         if stage == "train":
             if not torch.isfinite(loss):
                 raise TrainingDiverged(f"training: loss is {loss.item()} at step {self.global_step}; stopped "
