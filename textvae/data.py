@@ -226,9 +226,6 @@ def hf_sources(config: DataConfig, splits=SPLITS) -> dict[str, Source]:
         raise UserError(f"data: {config.path} has no split {names['train']!r} (data.splits.train); "
                         f"it has {', '.join(map(repr, available))}")
     train = available[names["train"]]
-    if config.text_column not in train.column_names:
-        raise UserError(f"data: {config.path} has no column {config.text_column!r} (data.text_column); "
-                        f"its columns are {', '.join(map(repr, train.column_names))}")
     carve = [split for split in ("valid", "test") if names[split] not in available]
     sources = {}
     if carve:
@@ -253,7 +250,8 @@ def hf_sources(config: DataConfig, splits=SPLITS) -> dict[str, Source]:
     for source in sources.values():
         feature = source.table.features.get(source.column)
         if feature is None:
-            raise UserError(f"data: {source.name} has no column {source.column!r} (data.text_column)")
+            raise UserError(f"data: {source.name} has no column {source.column!r} (data.text_column); "
+                            f"its columns are {', '.join(map(repr, source.table.column_names))}")
         if getattr(feature, "dtype", None) not in ("string", "large_string"):
             raise UserError(f"data: column {source.column!r} of {source.name} holds {feature}, not text")
     return {split: sources[split] for split in splits}
