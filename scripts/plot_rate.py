@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import re
 from pathlib import Path
 
 
@@ -20,7 +21,8 @@ def main(argv=None) -> None:
     parser.add_argument("--split", default="test", help="valid while choosing, test for the final table")
     args = parser.parse_args(argv)
     entries = [e for e in json.loads(Path(args.results).read_text()) if args.split in e]
-    sweep = sorted((e for e in entries if e.get("name", "").startswith("ptb_rate_")),
+    # Exactly the names RATES=... scripts/reproduce_ptb.sh gives (ptb_rate_R); other entries are markers.
+    sweep = sorted((e for e in entries if re.fullmatch(r"ptb_rate_\d+(\.\d+)?", e.get("name", ""))),
                    key=lambda e: e[args.split]["kl"])
     if not sweep:
         raise SystemExit(f"{args.results} has no ptb_rate_* entries with {args.split} metrics; "
