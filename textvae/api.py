@@ -24,8 +24,6 @@ import json
 import logging
 import math
 import os
-import shutil
-import tempfile
 from pathlib import Path
 from typing import Iterator
 
@@ -34,6 +32,7 @@ import torch
 from textvae.config import Config, from_dict
 from textvae.device import resolve_device
 from textvae.errors import UserError
+from textvae.files import atomic_write_dir, atomic_write_text
 from textvae.generate import STRATEGIES, decode_codes
 from textvae.model import VAE
 from textvae.pretrained import PretrainedDecoder, PretrainedEncoder, rebuild_hf, save_hf, text_tokenizer
@@ -59,28 +58,6 @@ def resolve_model_dir(path: str | os.PathLike) -> Path:
     if not (path / "config.json").is_file():
         raise UserError(f"model: {path} is not a model directory (no config.json); {NO_MODEL_HINT}")
     return path
-
-
-def atomic_write_dir(directory: Path, write) -> None:
-    """Call `write(tmp_dir)`, then move the result to `directory`, replacing it only when done."""
-    directory.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(dir=directory.parent, prefix=f".{directory.name}.tmp-"))
-    try:
-        write(tmp)
-        umask = os.umask(0)
-        os.umask(umask)
-        for path in [tmp, *tmp.iterdir()]:  # mkdtemp makes 0700; give the usual permissions
-            path.chmod((0o777 if path.is_dir() else 0o666) & ~umask)
-        if directory.exists():
-            old = Path(tempfile.mkdtemp(dir=directory.parent, prefix=f".{directory.name}.old-"))
-            os.replace(directory, old / directory.name)
-            os.replace(tmp, directory)
-            shutil.rmtree(old)
-        else:
-            os.replace(tmp, directory)
-    finally:
-        if tmp.exists():
-            shutil.rmtree(tmp)
 
 
 def slerp(a: torch.Tensor, b: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
@@ -170,9 +147,7 @@ class TextVAE:
         directory = Path(directory)
 
         def write(tmp: Path) -> None:
-            meta = {"format_version": FORMAT_VERSION, "vocab_size": self.model.vocab_size,
-                    "config": self.config.to_dict(), **self.extra}
-            (tmp / "config.json").write_text(json.dumps(meta, indent=2) + "\n")
+            (tmp / "config.json").write_text(self._config_json())
             tied = self.model.tied_names()
             state = {name: tensor.detach().contiguous().cpu() for name, tensor in self.model.state_dict().items()
                      if name not in tied}
@@ -185,6 +160,16 @@ class TextVAE:
 
         atomic_write_dir(directory, write)
         return directory
+
+    def save_config(self, directory: str | os.PathLike) -> None:
+        """Rewrite only `config.json` of a model directory that `save_pretrained` wrote for this
+        model (atomically): for what is known only after export, such as the anomaly quantiles."""
+        atomic_write_text(Path(directory) / "config.json", self._config_json())
+
+    def _config_json(self) -> str:
+        meta = {"format_version": FORMAT_VERSION, "vocab_size": self.model.vocab_size,
+                "config": self.config.to_dict(), **self.extra}
+        return json.dumps(meta, indent=2) + "\n"
 
     def autocast(self):
         """bfloat16 autocast on the model's device when `precision` is "bf16", else a no-op."""

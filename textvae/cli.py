@@ -19,6 +19,7 @@ import warnings
 from pathlib import Path
 
 from textvae.errors import Interrupted, UserError
+from textvae.files import atomic_path, atomic_write_bytes
 
 log = logging.getLogger("textvae")
 
@@ -67,12 +68,9 @@ def write_output(target: str, data: bytes) -> None:
         sys.stdout.buffer.flush()
         return
     out = Path(target)
-    tmp = out.with_name(f".{out.name}.tmp-{os.getpid()}")
     try:
-        tmp.write_bytes(data)
-        os.replace(tmp, out)
+        atomic_write_bytes(out, data)
     except OSError as error:
-        tmp.unlink(missing_ok=True)
         raise UserError(f"cannot write {out} ({error.strerror})") from None
 
 
@@ -133,8 +131,6 @@ def cmd_reconstruct(args, rest) -> None:
 
 
 def cmd_encode(args, rest) -> None:
-    import numpy as np
-
     lines = read_input_lines(args.input)
     if args.bits is not None:
         from textvae.compress import check_bits
@@ -143,22 +139,28 @@ def cmd_encode(args, rest) -> None:
     vae = _load(args)
     codes = vae.encode(lines).cpu().numpy().astype("float32")
     out = Path(args.out)
-    tmp = out.with_name(f".{out.name}.tmp-{os.getpid()}.npy")
     try:
-        if args.bits is None:
-            np.save(tmp, codes)
-        else:  # an .npz archive under the name given: packed B-bit codes and B (compress.quantize_codes)
-            import torch
-
-            from textvae.compress import quantize_codes
-
-            with open(tmp, "wb") as handle:
-                np.savez(handle, packed=quantize_codes(torch.from_numpy(codes), args.bits), bits=args.bits)
-        os.replace(tmp, out)
+        with atomic_path(out, suffix=".npy") as tmp:
+            _save_codes(tmp, codes, args.bits)
     except OSError as error:
-        tmp.unlink(missing_ok=True)
         raise UserError(f"cannot write {out} ({error.strerror})") from None
     log.info("wrote %d codes of size %d to %s", *codes.shape, out)
+
+
+def _save_codes(path: Path, codes, bits: int | None) -> None:
+    """float32 codes as .npy, or with `bits` an .npz archive (under the name given) of the packed
+    B-bit codes and B (compress.quantize_codes)."""
+    import numpy as np
+
+    if bits is None:
+        np.save(path, codes)
+        return
+    import torch
+
+    from textvae.compress import quantize_codes
+
+    with open(path, "wb") as handle:
+        np.savez(handle, packed=quantize_codes(torch.from_numpy(codes), bits), bits=bits)
 
 
 def cmd_decode(args, rest) -> None:
@@ -219,7 +221,9 @@ def cmd_score(args, rest) -> None:
 def cmd_evaluate(args, rest) -> None:
     from textvae.evaluate import evaluate_model
 
-    metrics = evaluate_model(args.model, args.split, args.iw_samples, args.seed, args.precision, args.device)
+    metrics = evaluate_model(args.model, args.split, args.iw_samples, args.seed, args.precision, args.device,
+                             max_sentences=args.max_sentences, prior_samples=args.prior_samples,
+                             bleu_sentences=args.bleu_sentences, interp_pairs=args.interp_pairs)
     if args.json:
         print(json.dumps(metrics))
         return
@@ -327,6 +331,13 @@ def build_parser() -> argparse.ArgumentParser:
     evaluate.add_argument("--split", default="test", help="train, valid or test")
     evaluate.add_argument("--iw-samples", type=int, default=500, help="importance samples K for nll/ppl")
     evaluate.add_argument("--seed", type=int, default=0, help="random seed")
+    evaluate.add_argument("--max-sentences", type=int, help="evaluate only the first N sentences of the split")
+    evaluate.add_argument("--prior-samples", type=int,
+                          help="prior samples behind distinct-n and novel (0: skip them; default: the model's eval)")
+    evaluate.add_argument("--bleu-sentences", type=int,
+                          help="sentences whose reconstructions give rec_bleu (0: all; default: the model's eval)")
+    evaluate.add_argument("--interp-pairs", type=int,
+                          help="sentence pairs behind interp_distinct/step (0: skip; default: the model's eval)")
     evaluate.add_argument("--json", action="store_true", help="print one JSON object")
     evaluate.set_defaults(handler=cmd_evaluate)
     return parser

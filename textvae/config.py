@@ -311,6 +311,7 @@ class TrainerConfig:
 @dataclass
 class EvalConfig:
     iw_samples: int = 50  # K for the IW-NLL written to metrics.json after training (500 for papers)
+    max_sentences: Optional[int] = None  # evaluate only the first N sentences of valid and test (None: all)
     prior_samples: int = 1000  # prior samples for distinct-n and novelty
     bleu_sentences: int = 1000  # sentences whose greedy reconstructions give rec_bleu and rec_exact (0: all)
     interp_pairs: int = 100  # fixed random sentence pairs for interp_distinct/interp_step (0: skip)
@@ -318,6 +319,8 @@ class EvalConfig:
 
     def __post_init__(self):
         _require(self.iw_samples >= 1, "eval.iw_samples", "must be >= 1", self.iw_samples)
+        _require(self.max_sentences is None or self.max_sentences >= 1, "eval.max_sentences",
+                 "must be >= 1 (or null for the whole split)", self.max_sentences)
         _require(self.prior_samples >= 1, "eval.prior_samples", "must be >= 1", self.prior_samples)
         _require(self.bleu_sentences >= 0, "eval.bleu_sentences", "must be >= 0", self.bleu_sentences)
         _require(self.interp_pairs >= 0, "eval.interp_pairs", "must be >= 0", self.interp_pairs)

@@ -43,6 +43,7 @@ from torch.utils.data import DataLoader, Sampler
 
 from textvae.config import DataConfig
 from textvae.errors import UserError
+from textvae.files import atomic_path
 from textvae.tokenizer import PAD_ID, Specials, encode_batch, frame, pad_batch, special_ids, train_tokenizer
 
 log = logging.getLogger("textvae")
@@ -395,9 +396,8 @@ def cached_tokenizer(source: Source, config: DataConfig):
     tokenizer = train_tokenizer(training_texts(source, config.limit, config.tokenizer_sample), config.tokenizer,
                                 config.vocab_size, config.min_frequency)
     path.parent.mkdir(parents=True, exist_ok=True)
-    partial = path.with_suffix(f".{os.getpid()}.tmp")
-    tokenizer.save(str(partial))
-    os.replace(partial, path)
+    with atomic_path(path) as tmp:
+        tokenizer.save(str(tmp))
     return tokenizer
 
 

@@ -15,3 +15,10 @@ class Interrupted(Exception):
     def __init__(self, message: str, exit_status: int):
         super().__init__(message)
         self.exit_status = exit_status
+
+
+def first_line(error: Exception, limit: int = 200) -> str:
+    """The first line of an exception's message (its type name if empty), cut to `limit` characters:
+    what a one-line error shows of a library's exception."""
+    first = (str(error).strip().splitlines() or [type(error).__name__])[0]
+    return first if len(first) <= limit else first[: limit - 3] + "..."

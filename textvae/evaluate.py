@@ -17,7 +17,9 @@
 from __future__ import annotations
 
 import dataclasses
+import logging
 import sys
+import time
 from typing import TYPE_CHECKING, Iterable, NamedTuple
 
 import torch
@@ -31,7 +33,11 @@ from textvae.tokenizer import decode_ids, length_batches, special_ids
 if TYPE_CHECKING:
     from textvae.api import TextVAE
 
+log = logging.getLogger("textvae")
+
 INTERP_POINTS = 10  # points on each interpolation path, endpoints included
+PROBE_SENTENCES = 16  # sentences (and codes) in the timed batch behind the time estimate
+ANNOUNCE_SECONDS = 60  # evaluations expected to take longer say so first
 # How the prior samples behind distinct-n and novelty are decoded (written beside the metrics).
 PRIOR_STRATEGY = "sample (temperature 1, no top-k/top-p)"
 
@@ -92,12 +98,21 @@ def evaluate(vae: "TextVAE", ids: list[list[int]], training_text: TrainingText |
              iw_samples: int | None = None, seed: int = 0, progress: bool | None = None):
     """The metrics of `vae` on framed sentences `ids`, and the per-sentence `Scores`.
 
-    Counts come from `vae.config.eval` (`bleu_sentences`, `interp_pairs`, `prior_samples`);
-    `training_text` (training_sentences: the corpus for novelty) enables the prior-sample metrics.
+    Counts come from `vae.config.eval` (`max_sentences`: only the first that many sentences of
+    `ids` are evaluated; `bleu_sentences`, `interp_pairs`, `prior_samples`); `training_text`
+    (training_sentences: the corpus for novelty) enables the prior-sample metrics.
     """
     settings = vae.config.eval
     iw_samples = iw_samples or settings.iw_samples
+    if settings.max_sentences is not None:
+        ids = ids[: settings.max_sentences]
     ids, cut = vae.clip_to_model(ids)
+    with_prior = training_text is not None and bool(settings.prior_samples)
+    seconds = estimate_seconds(vae, ids, iw_samples, with_prior)
+    if seconds > ANNOUNCE_SECONDS:
+        log.info("evaluate: %s sentences at K = %d%s: about %s (from a timed batch); eval.max_sentences or "
+                 "--max-sentences evaluates fewer", f"{len(ids):,}", iw_samples,
+                 f" and {settings.prior_samples:,} prior samples" if with_prior else "", _duration(seconds))
     scores = score_ids(vae, ids, iw_samples, seed, progress)
     total_tokens = int(scores.tokens.sum().item())
     metrics = {
@@ -113,9 +128,41 @@ def evaluate(vae: "TextVAE", ids: list[list[int]], training_text: TrainingText |
         words = sum(len(text.split()) + 1 for text in decode_ids(vae.tokenizer, (x[1:] for x in ids)))
         metrics["ppl_word"] = ppl(scores.nll.sum().item(), words)
     metrics.update(latent_use(vae, ids, scores.mean, seed))
-    if training_text is not None and settings.prior_samples:
+    if with_prior:
         metrics.update(prior_diversity(vae, training_text, settings.prior_samples, seed))
     return metrics, scores
+
+
+def decode_count(settings, sentences: int, with_prior: bool) -> int:
+    """Codes `evaluate` decodes: reconstructions, interpolation points, and prior samples twice
+    (sampled and greedy)."""
+    reconstructions = min(settings.bleu_sentences or sentences, sentences)
+    paths = settings.interp_pairs * INTERP_POINTS if sentences >= 2 else 0
+    return reconstructions + paths + (2 * settings.prior_samples if with_prior else 0)
+
+
+@torch.no_grad()
+def estimate_seconds(vae: "TextVAE", ids: list[list[int]], iw_samples: int, with_prior: bool) -> float:
+    """Seconds `evaluate` should take on `ids`, extrapolated from a timed batch: scoring of
+    `PROBE_SENTENCES` sentences spread over the split (scaled by predicted tokens) and greedy
+    decoding of as many prior codes (scaled by the codes decoded). Batching makes the full run
+    somewhat cheaper per token than the probe, so the estimate errs high."""
+    if not ids:
+        return 0.0
+    probe = ids[:: max(1, len(ids) // PROBE_SENTENCES)][:PROBE_SENTENCES]
+    start = time.perf_counter()
+    score_ids(vae, probe, iw_samples, progress=False)
+    scoring = (time.perf_counter() - start) * sum(len(x) - 1 for x in ids) / sum(len(x) - 1 for x in probe)
+    generator = torch.Generator(device=vae.device).manual_seed(0)
+    codes = torch.randn(len(probe), vae.latent_dim, generator=generator, device=vae.device)
+    start = time.perf_counter()
+    vae.decode(codes, strategy="greedy", max_length=vae.clamp_length(_longest(probe) + 10))
+    decoding = (time.perf_counter() - start) * decode_count(vae.config.eval, len(ids), with_prior) / len(probe)
+    return scoring + decoding
+
+
+def _duration(seconds: float) -> str:
+    return f"{seconds / 60:.0f} min" if seconds >= 90 else f"{seconds:.0f} s"
 
 
 def _longest(ids: list[list[int]]) -> int:
@@ -185,21 +232,37 @@ def training_sentences(vae: "TextVAE", ids) -> TrainingText:
     return TrainingText(vae.tokenizer, ids)
 
 
+EVAL_CAPS = {"max_sentences": 1, "prior_samples": 0, "bleu_sentences": 0, "interp_pairs": 0}  # key: least value
+
+
 def evaluate_model(model: str = "runs/latest", split: str = "test", iw_samples: int | None = None, seed: int = 0,
-                   precision: str = "32", device: str = "auto") -> dict:
+                   precision: str = "32", device: str = "auto", **caps: int | None) -> dict:
     """`textvae evaluate`: the metrics of a saved model on a split of the data it was trained on,
-    computed on `device` (see device.resolve_device)."""
+    computed on `device` (see device.resolve_device). `caps` override the model's `eval` settings
+    (`max_sentences`, `prior_samples` (0: no prior-sample metrics), `bleu_sentences` (0: all),
+    `interp_pairs`); None keeps the stored value."""
     from textvae.api import TextVAE
     from textvae.data import load_corpus
 
     if split not in ("train", "valid", "test"):
         raise UserError(f"--split must be train, valid or test, got {split!r}")
+    caps = {key: value for key, value in caps.items() if value is not None}
+    for key, value in caps.items():
+        if key not in EVAL_CAPS:
+            raise TypeError(f"evaluate_model() got an unexpected keyword argument {key!r}")
+        if value < EVAL_CAPS[key]:
+            raise UserError(f"--{key.replace('_', '-')} must be at least {EVAL_CAPS[key]}, got {value}")
     vae = TextVAE.from_pretrained(model, device=device, precision=precision)
+    no_prior = caps.get("prior_samples") == 0
+    if no_prior:
+        del caps["prior_samples"]
+    vae.config = dataclasses.replace(vae.config, eval=dataclasses.replace(vae.config.eval, **caps))
     data = vae.config.data
     # Evaluation uses full sentences: the training split is re-framed without its truncation.
     full = dataclasses.replace(data, max_length=10**9)
-    corpus, _ = load_corpus(full, vae.tokenizer, splits=tuple(sorted({split, "train"})))
-    metrics, _ = evaluate(vae, corpus[split].ids, training_sentences(vae, corpus["train"].ids), iw_samples, seed)
+    corpus, _ = load_corpus(full, vae.tokenizer, splits=tuple(sorted({split} if no_prior else {split, "train"})))
+    training_text = None if no_prior else training_sentences(vae, corpus["train"].ids)
+    metrics, _ = evaluate(vae, corpus[split].ids, training_text, iw_samples, seed)
     metrics.update({"split": split, "iw_samples": iw_samples or vae.config.eval.iw_samples, "precision": precision,
                     "device": vae.device.type, "prior_strategy": PRIOR_STRATEGY})
     return metrics

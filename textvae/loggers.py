@@ -12,13 +12,13 @@ from __future__ import annotations
 
 import csv
 import importlib.util
-import os
 from pathlib import Path
 
 from lightning.pytorch.loggers import Logger
 from lightning.pytorch.utilities import rank_zero_only
 
 from textvae.errors import UserError
+from textvae.files import atomic_path
 
 # name -> the package it needs (also what to pip install); csv needs nothing.
 LOGGER_PACKAGES = {"csv": None, "tensorboard": "tensorboard", "wandb": "wandb", "mlflow": "mlflow"}
@@ -124,12 +124,10 @@ class AppendingCSVLogger(Logger):
 
 def write_csv(path: Path, fields: list[str], rows: list[dict]) -> None:
     """Replace `path` atomically with a CSV of `rows` under the header `fields`."""
-    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-    with open(tmp, "w", newline="") as handle:
+    with atomic_path(path) as tmp, open(tmp, "w", newline="") as handle:
         writer = csv.DictWriter(handle, fieldnames=fields)
         writer.writeheader()
         writer.writerows(rows)
-    os.replace(tmp, path)
 
 
 def trim_log(metrics_csv: Path, step: int) -> None:

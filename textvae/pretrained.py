@@ -43,7 +43,8 @@ import torch
 from torch import nn
 
 from textvae.config import DecoderConfig, EncoderConfig, ModelConfig
-from textvae.errors import UserError
+from textvae.errors import UserError, first_line
+from textvae.gguf import is_gguf, read_config, read_gguf
 from textvae.tokenizer import UNK, UNK_ID, Specials, special_ids
 
 log = logging.getLogger("textvae")
@@ -64,11 +65,6 @@ def _quiet_progress():
     finally:
         if enabled:
             hf_logging.enable_progress_bar()
-
-
-def _reason(error: Exception) -> str:
-    first = (str(error).strip().splitlines() or [type(error).__name__])[0]
-    return first if len(first) <= 200 else first[:197] + "..."
 
 
 def _check_kind(config, name: str, key: str, kind: str) -> None:
@@ -98,10 +94,17 @@ def _check_kind(config, name: str, key: str, kind: str) -> None:
 
 
 def load_hf(name: str, key: str, kind: str = "encoder"):
-    """(module, tokenizer) for Hub name or directory `name`; `key` is the config key that named it.
+    """(module, tokenizer) for Hub name, directory or local GGUF file `name` (gguf.py); `key` is the
+    config key that named it.
 
     kind "encoder": an `AutoModel` encoder (a causal LM or encoder-decoder is refused); kind "decoder":
     an `AutoModelForCausalLM`, its tokenizer given the special tokens framing needs (`_prepare_lm`)."""
+    if is_gguf(name):
+        config = read_config(name, key)
+        _check_kind(config, name, key, kind)
+        module, tokenizer = read_gguf(name, key, config, kind)
+        prepare = _prepare_lm if kind == "decoder" else _prepare
+        return prepare(module, tokenizer, name, key)
     path = Path(name).expanduser()
     if name.startswith(("/", ".", "~")) and not path.is_dir():
         raise UserError(f"config: {key}: directory {name!r} does not exist")
@@ -118,7 +121,7 @@ def load_hf(name: str, key: str, kind: str = "encoder"):
     except UserError:
         raise
     except Exception as error:  # transformers/huggingface_hub raise OSError, ValueError, KeyError, ...
-        raise UserError(f"config: {key}: cannot load {name!r} ({type(error).__name__}: {_reason(error)}); "
+        raise UserError(f"config: {key}: cannot load {name!r} ({type(error).__name__}: {first_line(error)}); "
                         f"{OFFLINE_HINT}") from None
     prepare = _prepare_lm if kind == "decoder" else _prepare
     return prepare(module.float(), tokenizer, name, key)
@@ -242,7 +245,7 @@ def rebuild_hf(directory: Path, kind: str = "encoder"):
             module = model_class.from_config(config, trust_remote_code=False)
     except Exception as error:
         raise UserError(f"model: cannot rebuild the {kind} in {directory} ({type(error).__name__}: "
-                        f"{_reason(error)})") from None
+                        f"{first_line(error)})") from None
     prepare = _prepare_lm if kind == "decoder" else _prepare
     return prepare(module.float(), tokenizer, str(directory), "model")
 

@@ -2,8 +2,9 @@
 
 A run directory holds `config.yaml`, `run.json` (the textvae version and git commit that
 started or last resumed the run; the commit is null outside a git checkout), `checkpoints/`
-(best by validation ELBO, or by validation rec with `trainer.best_by: rec`; `last.ckpt`, refreshed
-every `trainer.checkpoint_every_n_steps`),
+(`best.ckpt`, weights only, by validation ELBO, or by validation rec with `trainer.best_by: rec`;
+`last.ckpt` with the optimizer state for `--resume`, refreshed after every validation and every
+`trainer.checkpoint_every_n_steps`),
 `logs/metrics.csv` (and the logs of `trainer.logger`), the `model/` export of the best
 checkpoint, `metrics.json` (SPEC §7 on valid and test), `samples.txt` and `curves.png`;
 `runs/latest` points at the newest run. Choices worth knowing:
@@ -55,6 +56,7 @@ from textvae.api import TextVAE
 from textvae.config import Config, dump_config
 from textvae.device import resolve_device
 from textvae.errors import Interrupted, UserError
+from textvae.files import atomic_path, atomic_write_text
 from textvae.loggers import make_loggers, resolve_loggers, trim_log
 from textvae.pretrained import load_parts, text_tokenizer
 from textvae.evaluate import PRIOR_STRATEGY, evaluate, training_sentences
@@ -66,12 +68,6 @@ log = logging.getLogger("textvae")
 def is_launched_child() -> bool:
     """True in the extra processes Lightning's DDP launcher starts (and on nodes other than 0)."""
     return os.environ.get("LOCAL_RANK", "0") != "0" or os.environ.get("NODE_RANK", "0") != "0"
-
-
-def atomic_write_text(path: Path, text: str) -> None:
-    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-    tmp.write_text(text, encoding="utf-8")
-    os.replace(tmp, path)
 
 
 def prepare_run_dir(run_dir: Path, resume: bool, overwrite: bool) -> Path | None:
@@ -190,9 +186,13 @@ def train(config: Config, resume: bool = False, overwrite: bool = False) -> Path
     checkpoints = run_dir / "checkpoints"
     interrupt = SaveOnInterrupt(checkpoints)
     monitor = f"valid/{config.trainer.best_by}"
+    # best.ckpt is only ever exported, never resumed from: weights only (no optimizer state, which is
+    # twice the model's size under AdamW). last.ckpt, the one a resume needs, is whole; it is written
+    # after every validation and every checkpoint_every_n_steps.
     callbacks = [
         ModelCheckpoint(dirpath=checkpoints, filename="best", monitor=monitor, mode="min", save_top_k=1,
-                        save_last=True, enable_version_counter=False),
+                        save_weights_only=True, enable_version_counter=False),
+        ModelCheckpoint(dirpath=checkpoints, save_top_k=0, save_last=True, enable_version_counter=False),
         ModelCheckpoint(dirpath=checkpoints, save_top_k=0, save_last=True, enable_version_counter=False,
                         every_n_train_steps=config.trainer.checkpoint_every_n_steps),
         interrupt,
@@ -254,9 +254,15 @@ def load_checkpoint_model(path: str | Path, tokenizer, device: str | torch.devic
 
 def finish_run(run_dir: Path, config: Config, datamodule: TextDataModule, checkpoint: str,
                device: str | torch.device = "cpu") -> None:
-    """Export the best checkpoint, then write metrics.json, samples.txt, curves.png, runs/latest;
-    evaluation and samples run on `device` (train passes the trainer's root device)."""
+    """Export the best checkpoint to `model/` first, so that a run stopped during evaluation still
+    leaves a model (and runs/latest points at it); then write metrics.json, the anomaly quantiles
+    (into model/config.json), samples.txt and curves.png. Evaluation and samples run on `device` (train
+    passes the trainer's root device)."""
     vae = load_checkpoint_model(checkpoint, datamodule.tokenizer, device)
+    vae.extra["checkpoint"] = Path(checkpoint).name
+    vae.save_pretrained(run_dir / "model")
+    point_latest(run_dir)
+    log.info("train: exported %s to %s", Path(checkpoint).name, run_dir / "model")
     corpus = datamodule.corpus
     training_text = training_sentences(vae, corpus["train"].ids)
     metrics, scores = {}, {}
@@ -265,9 +271,8 @@ def finish_run(run_dir: Path, config: Config, datamodule: TextDataModule, checkp
     per_token = torch.sort(scores["valid"].nll / scores["valid"].tokens).values
     quantiles = torch.quantile(per_token, torch.linspace(0, 1, 1001, device=per_token.device)).tolist()
     vae.extra["score_quantiles"] = {"iw_samples": config.eval.iw_samples, "split": "valid",
-                                    "nats_per_token": [round(q, 5) for q in quantiles]}
-    vae.extra["checkpoint"] = Path(checkpoint).name
-    vae.save_pretrained(run_dir / "model")
+                                    "sentences": len(per_token), "nats_per_token": [round(q, 5) for q in quantiles]}
+    vae.save_config(run_dir / "model")
     metrics["iw_samples"] = config.eval.iw_samples
     metrics["prior_strategy"] = PRIOR_STRATEGY
     atomic_write_text(run_dir / "metrics.json", json.dumps(metrics, indent=2) + "\n")
@@ -275,7 +280,6 @@ def finish_run(run_dir: Path, config: Config, datamodule: TextDataModule, checkp
         if config.eval.num_samples_txt else []
     atomic_write_text(run_dir / "samples.txt", "".join(f"{s}\n" for s in samples))
     plot_curves(run_dir / "logs" / "metrics.csv", run_dir / "curves.png")
-    point_latest(run_dir)
     log.info("valid: %s", {k: round(v, 3) for k, v in metrics["valid"].items()})
     log.info("test: %s", {k: round(v, 3) for k, v in metrics["test"].items()})
 
@@ -284,12 +288,8 @@ def point_latest(run_dir: Path) -> None:
     """Make runs/latest (in the working directory) a symlink to `run_dir`, atomically."""
     latest = Path("runs") / "latest"
     latest.parent.mkdir(exist_ok=True)
-    target = run_dir.resolve()
-    tmp = latest.with_name(f".latest.tmp-{os.getpid()}")
-    if tmp.is_symlink() or tmp.exists():
-        tmp.unlink()
-    tmp.symlink_to(target, target_is_directory=True)
-    os.replace(tmp, latest)
+    with atomic_path(latest) as tmp:
+        tmp.symlink_to(run_dir.resolve(), target_is_directory=True)
 
 
 def plot_curves(metrics_csv: Path, out: Path) -> None:
@@ -326,7 +326,6 @@ def plot_curves(metrics_csv: Path, out: Path) -> None:
         axis.set_xlabel("step")
         axis.legend()
     figure.tight_layout()
-    tmp = out.with_name(f".{out.name}.tmp.png")
-    figure.savefig(tmp, dpi=100)
+    with atomic_path(out, suffix=".png") as tmp:
+        figure.savefig(tmp, dpi=100)
     plt.close(figure)
-    os.replace(tmp, out)
