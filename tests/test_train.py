@@ -341,3 +341,59 @@ def test_early_stopping_after_patience_validations_without_improvement(tmp_path)
             break
     assert validations == len(elbos) < 30, elbos
     assert "stopped early" in result.stderr
+
+
+def test_a_run_stopped_during_its_evaluation_leaves_a_loadable_model(tmp_path, monkeypatch):
+    """model/ (and runs/latest) are written before the end-of-run evaluation starts."""
+    import textvae.evaluate
+    import textvae.train as training
+
+    def interrupted(*args, **kwargs):
+        raise KeyboardInterrupt
+
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setattr(textvae.evaluate, "score_ids", interrupted)
+    config = load_config(DEBUG, ["--data.root", str(PTB_DIR), "--data.limit", "60", "--trainer.max_steps", "2",
+                                 "--trainer.max_epochs", "-1", "--output_dir", "runs/stopped"])
+    with pytest.raises(KeyboardInterrupt):
+        training.train(config)
+    run_dir = tmp_path / "runs" / "stopped"
+    assert not (run_dir / "metrics.json").exists()
+    vae = TextVAE.from_pretrained("runs/latest")
+    assert "score_quantiles" not in vae.extra and len(vae.sample(2, seed=0)) == 2
+    restored = load_checkpoint_model(run_dir / "checkpoints" / vae.extra["checkpoint"], vae.tokenizer)
+    assert vae.reconstruct(["the company said"]) == restored.reconstruct(["the company said"])
+
+
+def test_a_capped_evaluation_evaluates_exactly_the_first_n_sentences(debug_run, capsys, monkeypatch):
+    from textvae.cli import main
+    from textvae.data import load_corpus
+    from textvae.evaluate import score_ids
+
+    monkeypatch.chdir(debug_run.parent.parent)
+    assert main(["evaluate", "--model", str(debug_run / "model"), "--split", "valid", "--iw-samples", "3",
+                 "--max-sentences", "7", "--prior-samples", "0", "--interp-pairs", "2", "--json"]) == 0
+    metrics = json.loads(capsys.readouterr().out)
+    vae = TextVAE.from_pretrained(debug_run / "model")
+    full = vae.config.data.__class__(**{**vae.config.data.__dict__, "max_length": 10**9})
+    ids = load_corpus(full, vae.tokenizer, splits=("valid",))[0]["valid"].ids[:7]
+    direct = score_ids(vae, ids, 3)
+    assert metrics["sentences"] == 7 and metrics["tokens"] == sum(len(x) - 1 for x in ids)
+    assert metrics["nll"] == pytest.approx(direct.nll.mean().item(), rel=1e-5)
+    assert "novel" not in metrics and "interp_distinct" in metrics  # --prior-samples 0 skips the prior metrics
+    for flag, value in (("--max-sentences", "0"), ("--bleu-sentences", "-1")):
+        assert main(["evaluate", "--model", str(debug_run / "model"), flag, value]) == 2
+        (line,) = capsys.readouterr().err.strip().splitlines()
+        assert flag in line and value in line
+
+
+def test_a_long_evaluation_announces_its_estimated_time(debug_run, capsys, monkeypatch):
+    import textvae.evaluate
+    from textvae.cli import main
+
+    monkeypatch.setattr(textvae.evaluate, "ANNOUNCE_SECONDS", -1)  # every evaluation counts as long
+    assert main(["evaluate", "--model", str(debug_run / "model"), "--iw-samples", "2", "--max-sentences", "20",
+                 "--prior-samples", "0", "--json"]) == 0
+    lines = [line for line in capsys.readouterr().err.splitlines() if "estimated" in line or "about" in line]
+    assert len(lines) == 1 and "20 sentences at K = 2" in lines[0] and "--max-sentences" in lines[0]
+    assert re.search(r"about \d+ (s|min)", lines[0])
