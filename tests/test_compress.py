@@ -1,4 +1,4 @@
-"""Bits-back compression (compress.py, SPEC §11): exact round trips for any text with both decoders,
+"""Bits-back compression (compress.py): exact round trips for any text with both decoders,
 damaged streams and other models refused with one line, the header, determinism across lanes,
 processes and thread counts, the CLI, and the lossy `encode --bits` codes."""
 

@@ -191,12 +191,12 @@ def test_finish_run_evaluates_on_the_trainers_device(tmp_path, tiny_corpus, monk
     not a CPU of their own; here the trainer's device is the CPU, so the run still finishes."""
     import lightning as L
 
-    import textvae.train
+    import textvae.training
     from textvae.config import load_config
 
     monkeypatch.chdir(tmp_path)
     trainers, resolved, evaluated_on = [], [], []
-    real_trainer, real_resolve, real_evaluate = L.Trainer, textvae.train.resolve_device, textvae.train.evaluate
+    real_trainer, real_resolve, real_evaluate = L.Trainer, textvae.training.resolve_device, textvae.training.evaluate
 
     def trainer_spy(*args, **kwargs):
         trainers.append(real_trainer(*args, **kwargs))
@@ -210,14 +210,14 @@ def test_finish_run_evaluates_on_the_trainers_device(tmp_path, tiny_corpus, monk
         evaluated_on.append(next(vae.model.parameters()).device)
         return real_evaluate(vae, *args, **kwargs)
 
-    monkeypatch.setattr(textvae.train.L, "Trainer", trainer_spy)
-    monkeypatch.setattr(textvae.train, "resolve_device", resolve_spy)
-    monkeypatch.setattr(textvae.train, "evaluate", evaluate_spy)
+    monkeypatch.setattr(textvae.training.L, "Trainer", trainer_spy)
+    monkeypatch.setattr(textvae.training, "resolve_device", resolve_spy)
+    monkeypatch.setattr(textvae.training, "evaluate", evaluate_spy)
     config = load_config(str(CONFIGS / "debug.yaml"), [
         *text_overrides(tiny_corpus), "--output_dir", str(tmp_path / "run"), "--trainer.max_steps", "4",
         "--trainer.max_epochs", "1", "--eval.iw_samples", "1", "--eval.prior_samples", "10",
         "--eval.bleu_sentences", "10", "--eval.interp_pairs", "2", "--eval.num_samples_txt", "2"])
-    run_dir = textvae.train.train(config)
+    run_dir = textvae.training.train(config)
     root_device = trainers[0].strategy.root_device
     assert resolved and all(device is root_device for device in resolved)  # before fit, then in finish_run
     assert len(resolved) == 2

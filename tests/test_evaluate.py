@@ -181,7 +181,7 @@ def test_evaluate_command_imports_no_lightning(gru_run):
             "try:\n    main(['evaluate', '--help'])\nexcept SystemExit:\n    pass\n"
             f"main(['evaluate', '--model', {str(gru_run)!r}, '--iw-samples', '1', '--split', 'valid'])\n"
             "loaded = sorted(m for m in sys.modules if m.split('.')[0] in "
-            "('lightning', 'pytorch_lightning', 'lightning_fabric') or m in ('textvae.train', 'textvae.system'))\n"
+            "('lightning', 'pytorch_lightning', 'lightning_fabric') or m in ('textvae.training', 'textvae.system'))\n"
             "print('LOADED', loaded)\n")
     result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300)
     assert result.returncode == 0, result.stderr[-2000:]

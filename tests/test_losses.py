@@ -1,4 +1,4 @@
-"""Gaussian KL, the free-bits floor and the four KL-weight schedules of SPEC §6."""
+"""Gaussian KL, the free-bits floor and the four KL-weight schedules (constant, linear, logistic, cyclical)."""
 
 from __future__ import annotations
 

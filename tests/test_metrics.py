@@ -1,4 +1,4 @@
-"""The SPEC §7 estimators: IW-NLL, PPL, mutual information, active units, BLEU, distinct-n, novelty."""
+"""The text-VAE estimators: IW-NLL, PPL, mutual information, active units, BLEU, distinct-n, novelty."""
 
 from __future__ import annotations
 

@@ -285,3 +285,42 @@ def test_decoder_overfits_a_handful_of_sentences(decoder_type):
     # and each code's greedy decode is its sentence, word for word, ending with <eos>
     decoded = decode_codes(model, z, "greedy", max_length=15)
     assert decoded == [row[1: length + 1].tolist() for row, length in zip(tokens, lengths)]
+
+
+@pytest.mark.parametrize("decoder_type", DECODERS)
+def test_a_model_without_latent_is_its_decoder_alone(decoder_type):
+    """model.latent: none builds no encoder and no path for z into the decoder; q(z|x) = p(z), so
+    the KL is 0 and the importance-weighted NLL is the decoder's own -log p(x), for any K."""
+    from textvae.metrics import iw_nll
+
+    torch.manual_seed(0)
+    config = tiny_config(decoder_type)
+    config = ModelConfig(**{**config.__dict__, "latent": "none"})
+    model = VAE(config, VOCAB).eval()
+    assert model.encoder is None
+    assert not [name for name in model.state_dict() if name.startswith("encoder.") or ".z_to_" in name]
+    tokens = framed_batch([3, 7, 5], seed=1)
+    inputs = tokens[:, :-1]
+    first, second = torch.randn(3, 8), 10 * torch.randn(3, 8)
+    assert torch.equal(decoder_logits(model, inputs, first), decoder_logits(model, inputs, second))
+    mean, logvar = model.encode(tokens)
+    assert torch.equal(mean, torch.zeros(3, 8)) and torch.equal(logvar, torch.zeros(3, 8))
+    with torch.no_grad():
+        direct = F.cross_entropy(decoder_logits(model, inputs, first).transpose(1, 2), tokens[:, 1:],
+                                 ignore_index=PAD_ID, reduction="none").sum(1)  # (B,)
+        estimate = iw_nll(model, tokens, samples=5, generator=torch.Generator().manual_seed(0))
+    torch.testing.assert_close(estimate.nll, direct, rtol=1e-5, atol=1e-4)
+    torch.testing.assert_close(estimate.rec, direct, rtol=1e-5, atol=1e-4)
+    torch.testing.assert_close(estimate.elbo, direct, rtol=1e-5, atol=1e-4)  # KL 0: the bound is tight
+
+
+def test_no_latent_refuses_settings_that_need_one():
+    from textvae.config import load_config
+    from textvae.errors import UserError
+
+    for flags, key in ((["--model.latent", "none", "--model.bow_weight", "1"], "model.bow_weight"),
+                       (["--model.latent", "none", "--model.posterior_bn", "0.5"], "model.posterior_bn"),
+                       (["--model.latent", "nothing"], "model.latent"),
+                       (["--model.latent", "none", "--model.latent_dim", "0"], "model.latent_dim")):
+        with pytest.raises(UserError, match=key.replace(".", r"\.")):
+            load_config(overrides=flags)

@@ -1,4 +1,4 @@
-"""Pretrained Hugging Face encoders (SPEC §10, `model.encoder.pretrained`).
+"""Pretrained Hugging Face encoders (`model.encoder.pretrained`).
 
 Tiny random BERT and RoBERTa models are built from transformers' config classes with tokenizers
 of their own (WordPiece over the synthetic grammar's words; byte-level BPE trained on it), saved
@@ -21,9 +21,10 @@ from textvae.api import TextVAE
 from textvae.config import Config, EncoderConfig, ModelConfig, load_config
 from textvae.errors import UserError
 from textvae.model import VAE
+from textvae.pretrained import load_parts
 from textvae.system import VAESystem
 from textvae.tokenizer import encode_batch, frame, pad_batch, train_tokenizer
-from textvae.train import load_checkpoint_model
+from textvae.training import load_checkpoint_model
 
 SENTENCES = ["the cat saw the ball", "a small bird found a red car yesterday", "my sister called her friend again"]
 # A fast config: a few steps, small evaluation.
@@ -128,8 +129,8 @@ def test_frozen_encoder_is_unchanged_and_fine_tuned_one_moves(runs, tiny_models)
 @pytest.mark.parametrize("kind,pooling", [("bert", "mean"), ("bert", "cls"), ("roberta", "mean"),
                                           ("roberta", "cls")])
 def test_pooled_code_does_not_depend_on_padding(tiny_models, word_tokenizer, kind, pooling, single_thread):
-    model = VAE(encoder_config(tiny_models[kind], pooling=pooling), word_tokenizer.get_vocab_size(),
-                word_tokenizer).eval()
+    config = encoder_config(tiny_models[kind], pooling=pooling)
+    model = VAE(config, word_tokenizer.get_vocab_size(), word_tokenizer, load_parts(config)).eval()
     ids = [frame(x) for x in encode_batch(word_tokenizer, SENTENCES)]
     with torch.no_grad():
         alone = model.encode(pad_batch(ids[:1]))
@@ -202,7 +203,7 @@ def test_api_errors_name_the_key_and_the_model(tmp_path, tiny_models, word_token
     for directory, reason in ((tmp_path / "gpt2", "causal LM"), (no_tokenizer, "no tokenizer files"),
                               (tmp_path / "missing", "does not exist")):
         with pytest.raises(UserError) as error:
-            VAE(encoder_config(directory), word_tokenizer.get_vocab_size(), word_tokenizer)
+            load_parts(encoder_config(directory))
         message = str(error.value)
         assert "\n" not in message and "model.encoder.pretrained" in message and str(directory) in message
         assert reason in message
@@ -229,7 +230,8 @@ def test_bench_flop_count_of_a_pretrained_encoder_matches_torchs_counter(tiny_mo
     sys.path.insert(0, str(CONFIGS.parent / "scripts"))
     from benchlib import pretrained_encoder_flops_per_token
 
-    model = VAE(encoder_config(tiny_models["bert"]), word_tokenizer.get_vocab_size(), word_tokenizer).train()
+    config = encoder_config(tiny_models["bert"])
+    model = VAE(config, word_tokenizer.get_vocab_size(), word_tokenizer, load_parts(config)).train()
     ids = [frame(x) for x in encode_batch(word_tokenizer, SENTENCES)]
     counted = 0
     for row in ids:  # one at a time: no padding positions for torch to count

@@ -1,4 +1,4 @@
-"""Pretrained Hugging Face causal LMs as p(x|z) (SPEC §10, `model.decoder.type: pretrained`).
+"""Pretrained Hugging Face causal LMs as p(x|z) (`model.decoder.type: pretrained`).
 
 Tiny random GPT-2 (byte-level BPE, one `<|endoftext|>` for BOS, EOS and unk, no pad: both pad and
 a dedicated unk are added) and Llama (Metaspace BPE with `<unk>`, `<s>`, `</s>` and grouped-query
@@ -166,7 +166,7 @@ def runs(tmp_path_factory, tiny_corpus, tiny_lms) -> dict[str, Path]:
 def test_cli_training_export_and_offline_reload(runs, kind, single_thread):
     import json
 
-    from textvae.train import load_checkpoint_model
+    from textvae.training import load_checkpoint_model
 
     run = runs[kind]
     model_dir = run / "model"

@@ -1,4 +1,4 @@
-"""SPEC §8 through the real CLI: bad input gets one line and exit 2, and crashes lose nothing."""
+"""Bad input through the real CLI: bad input gets one line and exit 2, and crashes lose nothing."""
 
 from __future__ import annotations
 

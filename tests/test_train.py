@@ -20,9 +20,9 @@ from textvae.api import TextVAE
 from textvae.config import load_config
 from textvae.loggers import AppendingCSVLogger
 from textvae.losses import kl_weight
-from textvae.evaluate import evaluate_model
+from textvae.api import evaluate_model
 from textvae.tokenizer import length_batches
-from textvae.train import load_checkpoint_model, source_commit
+from textvae.training import load_checkpoint_model, source_commit
 
 DEBUG = str(CONFIGS / "debug.yaml")
 METRIC_KEYS = {"rec", "kl", "elbo", "nll", "ppl", "mi", "au", "rec_bleu", "rec_exact", "interp_distinct",
@@ -346,7 +346,7 @@ def test_early_stopping_after_patience_validations_without_improvement(tmp_path)
 def test_a_run_stopped_during_its_evaluation_leaves_a_loadable_model(tmp_path, monkeypatch):
     """model/ (and runs/latest) are written before the end-of-run evaluation starts."""
     import textvae.evaluate
-    import textvae.train as training
+    import textvae.training as training
 
     def interrupted(*args, **kwargs):
         raise KeyboardInterrupt
@@ -397,3 +397,19 @@ def test_a_long_evaluation_announces_its_estimated_time(debug_run, capsys, monke
     lines = [line for line in capsys.readouterr().err.splitlines() if "estimated" in line or "about" in line]
     assert len(lines) == 1 and "20 sentences at K = 2" in lines[0] and "--max-sentences" in lines[0]
     assert re.search(r"about \d+ (s|min)", lines[0])
+
+
+def test_textvae_train_stays_the_function_after_every_submodule_is_imported(tmp_path, monkeypatch):
+    """`textvae.train` is the public function even once the training module is imported (it is
+    textvae/training.py, not textvae/train.py, whose import would replace the function)."""
+    import importlib
+    import pkgutil
+
+    for module in pkgutil.iter_modules(textvae.__path__):
+        importlib.import_module(f"textvae.{module.name}")
+    monkeypatch.chdir(tmp_path)
+    for name in ("first", "second"):
+        config = load_config(DEBUG, ["--data.root", str(PTB_DIR), "--data.limit", "40", "--trainer.max_steps", "2",
+                                     "--trainer.max_epochs", "-1", "--output_dir", f"runs/{name}", *QUICK_EVAL])
+        assert callable(textvae.train) and textvae.train(config) == Path("runs") / name
+        assert (tmp_path / "runs" / name / "model" / "model.safetensors").is_file()

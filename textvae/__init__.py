@@ -17,15 +17,15 @@ __version__ = "0.1.0"
 
 
 def train(config: Config, resume: bool = False, overwrite: bool = False):
-    """Train as `config` says; returns the run directory (see textvae.train.train)."""
-    from textvae.train import train as _train
+    """Train as `config` says; returns the run directory (see textvae.training.train)."""
+    from textvae.training import train as _train
 
     return _train(config, resume=resume, overwrite=overwrite)
 
 
 def evaluate_model(model: str = "runs/latest", split: str = "test", iw_samples: int | None = 500, **options):
-    """SPEC §7 metrics of a saved model on a split (see textvae.evaluate.evaluate_model)."""
-    from textvae.evaluate import evaluate_model as _evaluate
+    """The metrics of a saved model on a split (see textvae.api.evaluate_model and docs/metrics.md)."""
+    from textvae.api import evaluate_model as _evaluate
 
     return _evaluate(model, split, iw_samples, **options)
 

@@ -1,4 +1,4 @@
-"""The `textvae` command: argument parsing only, then calls into train.py and api.py.
+"""The `textvae` command: argument parsing only, then calls into training.py and api.py.
 
 Results go to stdout, diagnostics to stderr. Errors a user can cause (`UserError`, bad
 arguments) print one line, `textvae: error: ...`, and exit with status 2; `--debug` shows the
@@ -87,7 +87,7 @@ def cmd_train(args, rest: list[str]) -> None:
     if args.print_config:
         print(dump_config(config), end="")
         return
-    from textvae.train import train
+    from textvae.training import train
 
     if not args.debug:  # Lightning's start-up chatter (accelerator, tips) is noise here; set after its import
         for name in ("lightning.pytorch", "lightning.fabric"):
@@ -219,7 +219,7 @@ def cmd_score(args, rest) -> None:
 
 
 def cmd_evaluate(args, rest) -> None:
-    from textvae.evaluate import evaluate_model
+    from textvae.api import evaluate_model
 
     metrics = evaluate_model(args.model, args.split, args.iw_samples, args.seed, args.precision, args.device,
                              max_sentences=args.max_sentences, prior_samples=args.prior_samples,
@@ -327,7 +327,7 @@ def build_parser() -> argparse.ArgumentParser:
                        help="text: nll, nll/token, tokens, flag, sentence (tab-separated)")
     score.set_defaults(handler=cmd_score)
 
-    evaluate = commands.add_parser("evaluate", parents=[common, model], help="the metric table of SPEC §7")
+    evaluate = commands.add_parser("evaluate", parents=[common, model], help="the metric table (docs/metrics.md)")
     evaluate.add_argument("--split", default="test", help="train, valid or test")
     evaluate.add_argument("--iw-samples", type=int, default=500, help="importance samples K for nll/ppl")
     evaluate.add_argument("--seed", type=int, default=0, help="random seed")

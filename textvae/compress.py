@@ -89,7 +89,7 @@ from textvae.errors import UserError
 from textvae.tokenizer import BOS_ID, EOS_ID, PAD_ID, decode_ids, encode_batch, pad_batch
 
 if TYPE_CHECKING:
-    from textvae.api import TextVAE
+    from textvae.trained import TrainedModel
 
 MAGIC = b"TVBB"
 FORMAT_VERSION = 3
@@ -108,7 +108,7 @@ HEADER_SIZE = _HEADER.size + 4
 _DEVICES = {"cpu": 0, "cuda": 1, "mps": 2}
 
 
-def fingerprint(vae: "TextVAE") -> bytes:
+def fingerprint(vae: "TrainedModel") -> bytes:
     """sha256 over the weights (name, dtype, shape, bytes, in name order) and the vocabulary."""
     digest = hashlib.sha256()
     for name, tensor in sorted(vae.model.state_dict().items()):
@@ -119,12 +119,12 @@ def fingerprint(vae: "TextVAE") -> bytes:
     return digest.digest()
 
 
-def compress(vae: "TextVAE", text: str, lanes: int = LANES, parts: int = PARTS) -> bytes:
+def compress(vae: "TrainedModel", text: str, lanes: int = LANES, parts: int = PARTS) -> bytes:
     """`text` as a self-checking bits-back stream for this model (see the module docstring)."""
     return compress_with_startup(vae, text, lanes, parts)[0]
 
 
-def compress_with_startup(vae: "TextVAE", text: str, lanes: int = LANES,
+def compress_with_startup(vae: "TrainedModel", text: str, lanes: int = LANES,
                           parts: int = PARTS) -> tuple[bytes, list[int]]:
     """`compress`, plus the (0-based) numbers of the model-path lines that were coded with z = 0 and
     no bits back because the stack could not yet pay for their codes (for accounting the overhead)."""
@@ -162,7 +162,7 @@ def _cut(text: str, parts: int, lanes: int) -> tuple[list[str], list[int]]:
     return [text[a:b] for a, b in zip([0, *bounds], [*bounds, len(text)])], firsts
 
 
-def _in_parallel(vae: "TextVAE", jobs: list[tuple], work) -> list:
+def _in_parallel(vae: "TrainedModel", jobs: list[tuple], work) -> list:
     """`work(vae, *job)` for each job, in threads (one per job, at most one per core). Torch runs
     single-threaded on a CPU meanwhile, so every call computes what it would compute alone."""
     threads = torch.get_num_threads()
@@ -177,7 +177,7 @@ def _in_parallel(vae: "TextVAE", jobs: list[tuple], work) -> list:
         torch.set_num_threads(threads)
 
 
-def _compress_part(vae: "TextVAE", text: str, lanes: int, part: int, parts: int,
+def _compress_part(vae: "TrainedModel", text: str, lanes: int, part: int, parts: int,
                    stamp: bytes) -> tuple[bytes, list[int]]:
     """One part's stream (header and stack) and its lines coded at z = 0, numbered within the part."""
     raw = text.encode("utf-8")
@@ -200,7 +200,7 @@ def _compress_part(vae: "TextVAE", text: str, lanes: int, part: int, parts: int,
     return header + struct.pack("<I", zlib.crc32(header)) + words.tobytes(), coder.unpaid
 
 
-def decompress(vae: "TextVAE", data: bytes) -> str:
+def decompress(vae: "TrainedModel", data: bytes) -> str:
     """The text `compress` was given; a `UserError` for another model or a damaged stream."""
     data = bytes(data)
     jobs, offset, parts, stamp = [], 0, 1, fingerprint(vae)
@@ -214,7 +214,7 @@ def decompress(vae: "TextVAE", data: bytes) -> str:
     return "".join(_in_parallel(vae, jobs, _decompress_part))
 
 
-def _read_header(vae: "TextVAE", data: bytes, offset: int, part: int, parts: int | None, stamp: bytes) -> dict:
+def _read_header(vae: "TrainedModel", data: bytes, offset: int, part: int, parts: int | None, stamp: bytes) -> dict:
     """The checked header of part `part` at `offset` (`parts`: the count part 0 gave, None for part 0;
     `stamp`: this model's fingerprint)."""
     if not data or data[:4] != MAGIC[: len(data)]:
@@ -248,7 +248,7 @@ def _read_header(vae: "TextVAE", data: bytes, offset: int, part: int, parts: int
             "final_newline": final_newline, "counts": counts, "parts": n_parts, "words": n_words}
 
 
-def _decompress_part(vae: "TextVAE", data: bytes, offset: int, header: dict) -> str:
+def _decompress_part(vae: "TrainedModel", data: bytes, offset: int, header: dict) -> str:
     coder = _Coder(vae, header["counts"], header["grid"], header["z_range"], header["size"])
     try:
         start = offset + HEADER_SIZE
@@ -280,7 +280,7 @@ def split_lines(text: str) -> tuple[list[str], bool]:
     return lines, final_newline
 
 
-def classify(vae: "TextVAE", lines: list[str]) -> tuple[list[int], list[list[int] | None]]:
+def classify(vae: "TrainedModel", lines: list[str]) -> tuple[list[int], list[list[int] | None]]:
     """Per line: its flag (ESCAPE or the 1-based FORMS index) and, on the model path, its token ids."""
     ids = encode_batch(vae.tokenizer, lines)
     flags, tokens = [], []
@@ -303,7 +303,7 @@ def _ans_coder(words: np.ndarray):
     return constriction.stream.stack.AnsCoder(words)
 
 
-def _device_code(vae: "TextVAE") -> int:
+def _device_code(vae: "TrainedModel") -> int:
     return _DEVICES.get(vae.device.type, 255)
 
 
@@ -356,7 +356,7 @@ class _Coder:
     """One stack, the models and their constriction counterparts; `push_round` and `pop_round` are
     exact mirror images, step for step."""
 
-    def __init__(self, vae: "TextVAE", counts: list[int], grid: int, z_range: int, max_bytes: int | None = None):
+    def __init__(self, vae: "TrainedModel", counts: list[int], grid: int, z_range: int, max_bytes: int | None = None):
         import constriction
 
         models = constriction.stream.model

@@ -170,6 +170,7 @@ class DecoderConfig:
 @dataclass
 class ModelConfig:
     latent_dim: int = 32  # size of the Gaussian code z
+    latent: Literal["gaussian", "none"] = "gaussian"  # none: the decoder alone, a language model (no encoder or z)
     word_dropout: float = 0.25  # probability a decoder input token (not <bos>/pad) becomes <unk>
     posterior_bn: float = 0.0  # BN-VAE (Zhu et al. 2020): posterior means batch-normalised to this scale (0: off)
     bow_weight: float = 0.0  # bag-of-words loss (Zhao et al. 2017): weight of -log p(words of x | z) in training (0: off)
@@ -181,6 +182,13 @@ class ModelConfig:
         _require(0.0 <= self.word_dropout <= 1.0, "model.word_dropout", "must be in [0, 1]", self.word_dropout)
         _require(self.posterior_bn >= 0, "model.posterior_bn", "must be >= 0", self.posterior_bn)
         _require(self.bow_weight >= 0, "model.bow_weight", "must be >= 0", self.bow_weight)
+        _require(self.latent in LATENTS, "model.latent", f"must be one of {', '.join(LATENTS)}", self.latent)
+        if self.latent == "none":  # nothing reads z: refuse settings that would only pretend to act on it
+            _require(self.encoder.pretrained is None, "model.encoder.pretrained", "is not used with model.latent: none",
+                     self.encoder.pretrained)
+            _require(self.bow_weight == 0, "model.bow_weight", "must be 0 with model.latent: none", self.bow_weight)
+            _require(self.posterior_bn == 0, "model.posterior_bn", "must be 0 with model.latent: none",
+                     self.posterior_bn)
 
     @property
     def max_words(self) -> int:
@@ -215,6 +223,7 @@ class OptimConfig:
 
 
 KL_SCHEDULES = ("constant", "linear", "logistic", "cyclical")
+LATENTS = ("gaussian", "none")  # model.latent
 LOGGERS = ("csv", "tensorboard", "wandb", "mlflow")  # trainer.logger names (loggers.py makes them)
 
 
@@ -299,7 +308,7 @@ class TrainerConfig:
                  f"must name {', '.join(LOGGERS)} (one or a list)", self.logger)
 
     def lightning_kwargs(self) -> dict:
-        """The arguments for `lightning.Trainer` (our own extras removed: train.py builds the loggers
+        """The arguments for `lightning.Trainer` (our own extras removed: training.py builds the loggers
         and the checkpoint and early-stopping callbacks)."""
         kwargs = dataclasses.asdict(self)
         for own in ("checkpoint_every_n_steps", "logger", "early_stopping_patience", "best_by"):

@@ -12,7 +12,7 @@
   truncated and counted; validation and test keep full sentences.
 - `BucketBatchSampler` groups sentences of similar length (padding ~1% instead of ~40%) and
   shards whole batches across DDP ranks itself, so Lightning's distributed-sampler
-  replacement is switched off (`use_distributed_sampler=False` in train.py).
+  replacement is switched off (`use_distributed_sampler=False` in training.py).
 """
 
 from __future__ import annotations

@@ -2,7 +2,7 @@
 
 Every place that picks a device goes through it: the CLI (before any model work, so a bad
 `--device` is one line and exit status 2 and nothing is read or written), `TextVAE.from_pretrained`,
-the end-of-run evaluation in train.py (with the trainer's root device) and scripts/bench_*.py.
+the end-of-run evaluation in training.py (with the trainer's root device) and scripts/bench_*.py.
 
 - `auto` is CUDA when available, else Apple's MPS when available, else the CPU.
 - `cuda` means the current CUDA device (`cuda:0` unless the user changed it), so that the

@@ -1,4 +1,5 @@
-"""Evaluation of a trained `TextVAE`: SPEC §7 metrics plus the latent-use metrics, no Lightning.
+"""Evaluation of a trained model: the text-VAE metrics (docs/metrics.md) plus the latent-use metrics,
+no Lightning.
 
 - `score_ids` is the one importance-weighted scoring loop: length-sorted batches, the posterior
   computed once per sentence, K codes per sentence (metrics.iw_nll). `TextVAE.score`,
@@ -16,7 +17,6 @@
 
 from __future__ import annotations
 
-import dataclasses
 import logging
 import sys
 import time
@@ -25,13 +25,14 @@ from typing import TYPE_CHECKING, Iterable, NamedTuple
 import torch
 
 from textvae.errors import UserError
+from textvae.latent import slerp
 from textvae.losses import gaussian_kl
 from textvae.metrics import (active_units, corpus_bleu, distinct_n, exact_share, interpolation_smoothness,
                              iw_batch_size, iw_nll, mutual_information, novelty, ppl, target_tokens)
 from textvae.tokenizer import decode_ids, length_batches, special_ids
 
 if TYPE_CHECKING:
-    from textvae.api import TextVAE
+    from textvae.trained import TrainedModel
 
 log = logging.getLogger("textvae")
 
@@ -54,7 +55,7 @@ class Scores(NamedTuple):
 
 
 @torch.no_grad()
-def score_ids(vae: "TextVAE", ids: list[list[int]], iw_samples: int, seed: int = 0,
+def score_ids(vae: "TrainedModel", ids: list[list[int]], iw_samples: int, seed: int = 0,
               progress: bool | None = None) -> Scores:
     """Importance-weighted NLL with `iw_samples` codes, rec, KL and the posterior of each framed
     sentence in `ids`. Sentences are batched by length so that one decoder call holds about a
@@ -94,7 +95,7 @@ def _pairs(count: int, pairs: int, seed: int) -> list[tuple[int, int]]:
 
 
 @torch.no_grad()
-def evaluate(vae: "TextVAE", ids: list[list[int]], training_text: TrainingText | None = None,
+def evaluate(vae: "TrainedModel", ids: list[list[int]], training_text: TrainingText | None = None,
              iw_samples: int | None = None, seed: int = 0, progress: bool | None = None):
     """The metrics of `vae` on framed sentences `ids`, and the per-sentence `Scores`.
 
@@ -142,7 +143,7 @@ def decode_count(settings, sentences: int, with_prior: bool) -> int:
 
 
 @torch.no_grad()
-def estimate_seconds(vae: "TextVAE", ids: list[list[int]], iw_samples: int, with_prior: bool) -> float:
+def estimate_seconds(vae: "TrainedModel", ids: list[list[int]], iw_samples: int, with_prior: bool) -> float:
     """Seconds `evaluate` should take on `ids`, extrapolated from a timed batch: scoring of
     `PROBE_SENTENCES` sentences spread over the split (scaled by predicted tokens) and greedy
     decoding of as many prior codes (scaled by the codes decoded). Batching makes the full run
@@ -169,7 +170,7 @@ def _longest(ids: list[list[int]]) -> int:
     return max(len(x) for x in ids) - 1  # words + <eos>
 
 
-def latent_use(vae: "TextVAE", ids: list[list[int]], means: torch.Tensor, seed: int = 0) -> dict:
+def latent_use(vae: "TrainedModel", ids: list[list[int]], means: torch.Tensor, seed: int = 0) -> dict:
     """rec_bleu / rec_exact from greedy decodes of posterior means, and interpolation metrics."""
     settings = vae.config.eval
     limit = settings.bleu_sentences or len(ids)
@@ -181,8 +182,6 @@ def latent_use(vae: "TextVAE", ids: list[list[int]], means: torch.Tensor, seed: 
     metrics = {"rec_bleu": corpus_bleu(hypotheses, references), "rec_exact": exact_share(hypotheses, references)}
     if settings.interp_pairs and len(ids) >= 2:
         pairs = _pairs(len(ids), settings.interp_pairs, seed)
-        from textvae.api import slerp
-
         t = torch.linspace(0, 1, INTERP_POINTS, device=means.device)
         paths = torch.cat([slerp(means[a], means[b], t) for a, b in pairs])  # (P * points, D)
         longest = _longest([ids[i] for pair in pairs for i in pair])
@@ -193,7 +192,7 @@ def latent_use(vae: "TextVAE", ids: list[list[int]], means: torch.Tensor, seed: 
     return metrics
 
 
-def prior_diversity(vae: "TextVAE", training_text: TrainingText, count: int, seed: int = 0) -> dict:
+def prior_diversity(vae: "TrainedModel", training_text: TrainingText, count: int, seed: int = 0) -> dict:
     """distinct-1/2 and novelty of `count` sampled decodes of prior codes, plus distinct-1/2 of
     greedy decodes of the same codes."""
     generator = torch.Generator(device=vae.device).manual_seed(seed)
@@ -227,42 +226,6 @@ class TrainingText:
         return self._answers[wanted]
 
 
-def training_sentences(vae: "TextVAE", ids) -> TrainingText:
+def training_sentences(vae: "TrainedModel", ids) -> TrainingText:
     """The training split's framed `ids` (lists or a memory-mapped TokenIds), for novelty."""
     return TrainingText(vae.tokenizer, ids)
-
-
-EVAL_CAPS = {"max_sentences": 1, "prior_samples": 0, "bleu_sentences": 0, "interp_pairs": 0}  # key: least value
-
-
-def evaluate_model(model: str = "runs/latest", split: str = "test", iw_samples: int | None = None, seed: int = 0,
-                   precision: str = "32", device: str = "auto", **caps: int | None) -> dict:
-    """`textvae evaluate`: the metrics of a saved model on a split of the data it was trained on,
-    computed on `device` (see device.resolve_device). `caps` override the model's `eval` settings
-    (`max_sentences`, `prior_samples` (0: no prior-sample metrics), `bleu_sentences` (0: all),
-    `interp_pairs`); None keeps the stored value."""
-    from textvae.api import TextVAE
-    from textvae.data import load_corpus
-
-    if split not in ("train", "valid", "test"):
-        raise UserError(f"--split must be train, valid or test, got {split!r}")
-    caps = {key: value for key, value in caps.items() if value is not None}
-    for key, value in caps.items():
-        if key not in EVAL_CAPS:
-            raise TypeError(f"evaluate_model() got an unexpected keyword argument {key!r}")
-        if value < EVAL_CAPS[key]:
-            raise UserError(f"--{key.replace('_', '-')} must be at least {EVAL_CAPS[key]}, got {value}")
-    vae = TextVAE.from_pretrained(model, device=device, precision=precision)
-    no_prior = caps.get("prior_samples") == 0
-    if no_prior:
-        del caps["prior_samples"]
-    vae.config = dataclasses.replace(vae.config, eval=dataclasses.replace(vae.config.eval, **caps))
-    data = vae.config.data
-    # Evaluation uses full sentences: the training split is re-framed without its truncation.
-    full = dataclasses.replace(data, max_length=10**9)
-    corpus, _ = load_corpus(full, vae.tokenizer, splits=tuple(sorted({split} if no_prior else {split, "train"})))
-    training_text = None if no_prior else training_sentences(vae, corpus["train"].ids)
-    metrics, _ = evaluate(vae, corpus[split].ids, training_text, iw_samples, seed)
-    metrics.update({"split": split, "iw_samples": iw_samples or vae.config.eval.iw_samples, "precision": precision,
-                    "device": vae.device.type, "prior_strategy": PRIOR_STRATEGY})
-    return metrics

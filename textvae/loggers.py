@@ -2,7 +2,7 @@
 
 `logs/metrics.csv` is always written: it feeds `curves.png` and the tests. Lightning's own
 CSVLogger deletes an existing metrics.csv when a run starts, which would lose a resumed run's
-history, so `AppendingCSVLogger` is a small `Logger` of our own that appends to it (train.py
+history, so `AppendingCSVLogger` is a small `Logger` of our own that appends to it (training.py
 first drops the rows logged after the checkpoint a resumed run starts from, `trim_log`).
 The other loggers are optional packages: naming one that is not installed is a one-line
 `UserError` saying what to `pip install`, checked before the run directory changes.

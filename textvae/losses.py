@@ -5,7 +5,7 @@
   nats (Kingma et al. 2016): each dimension's batch-mean KL is clamped from below, so
   dimensions under the floor get no gradient pushing them to the prior. The reported KL is
   always the unclamped one.
-- `kl_weight`: beta at a global step for the four schedules of SPEC §6.
+- `kl_weight`: beta at a global step for the four schedules (constant, linear, logistic, cyclical).
 - Rate control (`kl.target_rate`, nats per sentence): with `rate_control: free_bits` the floor is
   target_rate / latent_dim per dimension; with `rate_control: beta`, `controlled_log_beta` is a
   feedback controller in the spirit of ControlVAE (Shao et al. 2020) and GECO (Rezende & Viola

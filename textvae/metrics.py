@@ -1,4 +1,4 @@
-"""Text-VAE metrics as pure, no-grad functions (definitions as in SPEC §7 and the literature).
+"""Text-VAE metrics as pure, no-grad functions (definitions as in the text-VAE literature; docs/metrics.md).
 
 Pitfalls worth knowing:
 - `iw_nll` encodes each sentence once and evaluates K codes per sentence in large decoder

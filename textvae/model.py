@@ -32,7 +32,8 @@ import torch.nn.functional as F
 from torch import nn
 
 from textvae.config import DecoderConfig, EncoderConfig, ModelConfig
-from textvae.pretrained import PretrainedDecoder, PretrainedEncoder, lm_specials, load_hf
+from textvae.kvcache import cached_step
+from textvae.pretrained import PretrainedDecoder, PretrainedEncoder, lm_specials
 from textvae.tokenizer import OWN_SPECIALS, PAD_ID
 
 
@@ -76,13 +77,16 @@ class GRUDecoder(nn.Module):
         super().__init__()
         self.config = config
         self.embed = nn.Embedding(vocab_size, config.embed_dim, padding_idx=PAD_ID)
-        input_dim = config.embed_dim + (latent_dim if config.z_concat_input else 0)
+        self.z_concat = config.z_concat_input and latent_dim > 0  # latent_dim 0: no latent, a plain LM
+        input_dim = config.embed_dim + (latent_dim if self.z_concat else 0)
         self.gru = nn.GRU(input_dim, config.hidden, config.layers, batch_first=True,
                           dropout=config.dropout if config.layers > 1 else 0.0)
-        self.z_to_hidden = nn.Linear(latent_dim, config.hidden * config.layers) if config.z_init_hidden else None
+        self.z_to_hidden = None
+        if config.z_init_hidden and latent_dim > 0:
+            self.z_to_hidden = nn.Linear(latent_dim, config.hidden * config.layers)
         # Skip connection (Dieng et al. 2019): z reaches every output directly, not only through
         # the recurrence that the decoder can learn to ignore.
-        self.z_to_output = nn.Linear(latent_dim, config.hidden) if config.z_skip else None
+        self.z_to_output = nn.Linear(latent_dim, config.hidden) if config.z_skip and latent_dim > 0 else None
         self.dropout = nn.Dropout(config.dropout)
         self.width = config.hidden
 
@@ -99,7 +103,7 @@ class GRUDecoder(nn.Module):
         """Features (B, T, H) for every input position; returns the state after the last one."""
         state = state if state is not None else self.start(z)
         embedded = self.dropout(self.embed(inputs))  # (B, T, E)
-        if self.config.z_concat_input:
+        if self.z_concat:
             embedded = torch.cat([embedded, state["z"].unsqueeze(1).expand(-1, inputs.size(1), -1)], dim=-1)
         output, hidden = self.gru(embedded, state["hidden"])  # (B, T, H), (L, B, H)
         if self.z_to_output is not None:
@@ -118,13 +122,13 @@ class GRUDecoder(nn.Module):
 class DecoderBlock(nn.Module):
     """Pre-norm block: causal self-attention (cacheable), optional cross-attention, MLP."""
 
-    def __init__(self, config: DecoderConfig):
+    def __init__(self, config: DecoderConfig, cross: bool):
         super().__init__()
         width, self.heads = config.hidden, config.heads
         self.norm_self = nn.LayerNorm(width)
         self.qkv = nn.Linear(width, 3 * width)
         self.self_out = nn.Linear(width, width)
-        self.cross = config.z_cross_attention
+        self.cross = cross
         if self.cross:
             self.norm_cross = nn.LayerNorm(width)
             self.cross_q = nn.Linear(width, width)
@@ -179,15 +183,19 @@ class TransformerDecoder(nn.Module):
         width = config.hidden
         self.embed = nn.Embedding(vocab_size, width, padding_idx=PAD_ID)
         self.position = nn.Embedding(config.max_positions, width)
-        self.z_to_memory = nn.Linear(latent_dim, config.memory_slots * width) if config.z_cross_attention else None
-        self.z_to_input = nn.Linear(latent_dim, width) if config.z_add_input else None
+        inject = latent_dim > 0  # latent_dim 0: no latent, a plain LM
+        self.z_to_memory = None
+        if config.z_cross_attention and inject:
+            self.z_to_memory = nn.Linear(latent_dim, config.memory_slots * width)
+        self.z_to_input = nn.Linear(latent_dim, width) if config.z_add_input and inject else None
         if self.z_to_input is not None:
             # Start z's share of the input on the scale of the token and position embeddings (std
             # 0.02): with nn.Linear's default init it is ~30x larger and drowns out the tokens,
             # which slows learning badly.
             nn.init.normal_(self.z_to_input.weight, std=0.02 / latent_dim**0.5)
             nn.init.zeros_(self.z_to_input.bias)
-        self.blocks = nn.ModuleList(DecoderBlock(config) for _ in range(config.layers))
+        cross = self.z_to_memory is not None
+        self.blocks = nn.ModuleList(DecoderBlock(config, cross) for _ in range(config.layers))
         self.norm = nn.LayerNorm(width)
         self.dropout = nn.Dropout(config.dropout)
         self.width = width
@@ -230,26 +238,21 @@ class TransformerDecoder(nn.Module):
         return dict(state, z=state["z"][index], caches=caches, memory_kv=memory_kv, prefix=prefix)
 
 
-def cached_step(decoder: nn.Module, token: torch.Tensor, state: dict, use_cache: bool = True):
-    """One decoding step (features (B, H), next state) for a decoder whose `forward(inputs, z,
-    state, use_cache)` keeps a key/value cache in `state`; without the cache the whole prefix is
-    re-run every step (kept for tests and benchmarks: the outputs must be identical)."""
-    if use_cache:
-        features, state = decoder(token.unsqueeze(1), state["z"], state, use_cache=True)
-        return features[:, 0], state
-    prefix = token.unsqueeze(1) if state["prefix"] is None else torch.cat([state["prefix"], token[:, None]], 1)
-    features, _ = decoder(prefix, state["z"], dict(state, position=0))
-    return features[:, -1], dict(state, prefix=prefix, position=prefix.size(1))
+def _part(hf_parts: dict | None, role: str):
+    if not hf_parts or role not in hf_parts:
+        raise ValueError(f"a pretrained {role} needs its built parts: pass hf_parts (pretrained.load_parts)")
+    return hf_parts[role]
 
 
 class VAE(nn.Module):
     """q(z|x) and p(x|z); `forward` gives per-sentence reconstruction NLL and per-dimension KL.
 
-    A pretrained encoder (`model.encoder.pretrained`) needs textvae's `tokenizer` (it reads the
-    sentences as text) and is loaded by its config name unless `hf_parts["encoder"]` holds its
-    (module, tokenizer) already: pre-loaded by train(), or rebuilt from an export. A pretrained
-    decoder (`model.decoder.type: pretrained`) likewise comes from `hf_parts["decoder"]` or its name;
-    the vocabulary (`vocab_size`, the output rows) and the special ids (`specials`) are then the LM's.
+    Pretrained parts arrive built, as `hf_parts` (role -> (module, HF tokenizer)): loaded by
+    `pretrained.load_parts` or rebuilt from an export by `pretrained.rebuild_hf`; this file does no
+    Hugging Face I/O. A pretrained encoder (`model.encoder.pretrained`) also needs textvae's
+    `tokenizer` (it reads the sentences as text). With a pretrained decoder
+    (`model.decoder.type: pretrained`) the vocabulary (`vocab_size`, the output rows) and the
+    special ids (`specials`) are the LM's.
     """
 
     def __init__(self, config: ModelConfig, vocab_size: int, tokenizer=None, hf_parts: dict | None = None):
@@ -258,19 +261,22 @@ class VAE(nn.Module):
         lm_parts = None
         self.specials = OWN_SPECIALS
         if config.decoder.type == "pretrained":
-            lm_parts = (hf_parts or {}).get("decoder") or load_hf(config.decoder.pretrained,
-                                                                 "model.decoder.pretrained", "decoder")
+            lm_parts = _part(hf_parts, "decoder")
             self.specials = lm_specials(lm_parts[1])
             vocab_size = lm_parts[0].get_output_embeddings().weight.size(0)
         self.vocab_size = vocab_size
         pretrained = config.encoder.pretrained
+        # model.latent "none": no encoder and no way for z into the decoder (its latent_dim is 0);
+        # encode() gives q(z|x) = N(0, I) = p(z), so KL = 0 and every estimate is the LM's own.
+        self.has_latent = config.latent != "none"
+        self.decoder_latent_dim = config.latent_dim if self.has_latent else 0
         self.encoder = None
-        if pretrained is None:
+        if pretrained is None and self.has_latent:
             self.encoder = Encoder(vocab_size, config.encoder, config.latent_dim, self.specials.pad)
         self.decoder = self.to_embedding = self.output = self.output_bias = None
         if lm_parts is None:
             decoder_class = GRUDecoder if config.decoder.type == "gru" else TransformerDecoder
-            self.decoder = decoder_class(vocab_size, config.decoder, config.latent_dim)
+            self.decoder = decoder_class(vocab_size, config.decoder, self.decoder_latent_dim)
             embed_dim = self.decoder.embed.embedding_dim
             self.to_embedding = nn.Linear(self.decoder.width, embed_dim) if self.decoder.width != embed_dim else None
             if config.decoder.tie_embeddings:
@@ -295,10 +301,9 @@ class VAE(nn.Module):
         if pretrained is not None:
             if tokenizer is None:
                 raise ValueError("a pretrained encoder needs textvae's tokenizer")
-            parts = (hf_parts or {}).get("encoder") or load_hf(pretrained, "model.encoder.pretrained")
-            self.encoder = PretrainedEncoder(*parts, tokenizer, config.encoder, config.latent_dim)
+            self.encoder = PretrainedEncoder(*_part(hf_parts, "encoder"), tokenizer, config.encoder, config.latent_dim)
         if lm_parts is not None:
-            self.decoder = PretrainedDecoder(*lm_parts, config.decoder, config.latent_dim)
+            self.decoder = PretrainedDecoder(*lm_parts, config.decoder, self.decoder_latent_dim)
 
     def reset_decoder(self) -> list[nn.Parameter]:
         """Re-initialise the native decoder and its output layers in place, as a new model would be
@@ -308,7 +313,7 @@ class VAE(nn.Module):
         if isinstance(self.decoder, PretrainedDecoder):
             raise ValueError("a pretrained decoder is not re-initialised")
         fresh = nn.ModuleDict({"decoder": type(self.decoder)(self.vocab_size, self.config.decoder,
-                                                             self.config.latent_dim)})
+                                                             self.decoder_latent_dim)})
         if self.to_embedding is not None:
             fresh["to_embedding"] = nn.Linear(self.to_embedding.in_features, self.to_embedding.out_features)
         if self.output is not None:
@@ -344,6 +349,9 @@ class VAE(nn.Module):
 
     def encode(self, tokens: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """Mean and log-variance (B, D) of q(z|x)."""
+        if not self.has_latent:
+            zeros = torch.zeros(tokens.size(0), self.config.latent_dim, device=tokens.device)
+            return zeros, zeros.clone()
         mean, logvar = self.encoder(tokens)
         if self.posterior_bn is not None:
             mean = self.posterior_bn(mean.float())  # eval mode: the running statistics of training

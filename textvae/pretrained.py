@@ -45,6 +45,7 @@ from torch import nn
 from textvae.config import DecoderConfig, EncoderConfig, ModelConfig
 from textvae.errors import UserError, first_line
 from textvae.gguf import is_gguf, read_config, read_gguf
+from textvae.kvcache import cached_step
 from textvae.tokenizer import UNK, UNK_ID, Specials, special_ids
 
 log = logging.getLogger("textvae")
@@ -347,11 +348,11 @@ class PretrainedDecoder(nn.Module):
         # transformers renames `past_key_values` to `cache` (5.x deprecates the old name).
         forward_args = inspect.signature(module.base_model.forward).parameters
         self.cache_arg = "cache" if "cache" in forward_args else "past_key_values"
-        self.z_to_memory = None
-        if config.latent_as_memory:
+        self.z_to_memory = None  # latent_dim 0 (model.latent: none): neither injection, the LM alone
+        if config.latent_as_memory and latent_dim > 0:
             self.z_to_memory = nn.Linear(latent_dim, self.layers * 2 * self.kv_heads * self.head_dim)
         self.z_to_embedding = None
-        if config.latent_as_embedding:
+        if config.latent_as_embedding and latent_dim > 0:
             self.z_to_embedding = nn.Linear(latent_dim, self.width)
             nn.init.normal_(self.z_to_embedding.weight, std=0.02 / latent_dim**0.5)
             nn.init.zeros_(self.z_to_embedding.bias)
@@ -399,8 +400,6 @@ class PretrainedDecoder(nn.Module):
         return out.last_hidden_state, state
 
     def step(self, token: torch.Tensor, state: dict, use_cache: bool = True):
-        from textvae.model import cached_step
-
         return cached_step(self, token, state, use_cache)
 
     @staticmethod

@@ -30,6 +30,7 @@ from textvae.data import Split, load_corpus, make_loader, split_files
 from textvae.errors import UserError
 from textvae.losses import controlled_log_beta, effective_free_bits, free_bits_kl, gaussian_kl, kl_weight
 from textvae.model import VAE
+from textvae.pretrained import load_parts
 from textvae.tokenizer import clip_framed, special_ids
 
 log = logging.getLogger("textvae")
@@ -43,9 +44,12 @@ class VAESystem(L.LightningModule):
     def __init__(self, config: dict, vocab_size: int, tokenizer=None, hf_parts: dict | None = None):
         super().__init__()
         # Checkpoints keep plain data only (they are loaded with weights_only=True): the tokenizer
-        # and pre-loaded HF parts (see VAE) stay out of the hyperparameters.
+        # and pre-loaded HF parts (see VAE; loaded here by the names in the config when not given)
+        # stay out of the hyperparameters.
         self.save_hyperparameters(ignore=["tokenizer", "hf_parts"])
         self.config: Config = from_dict(Config, config)
+        if hf_parts is None:
+            hf_parts = load_parts(self.config.model)
         self.model = VAE(self.config.model, vocab_size, tokenizer, hf_parts)
         kl = self.config.kl
         self.controlled = kl.target_rate is not None and kl.rate_control == "beta"

@@ -1,4 +1,4 @@
-"""`train(config) -> run dir` and `evaluate(model, split) -> metrics`.
+"""`train(config) -> run dir`: a Lightning run from a config, its run directory, export and end-of-run evaluation.
 
 A run directory holds `config.yaml`, `run.json` (the textvae version and git commit that
 started or last resumed the run; the commit is null outside a git checkout), `checkpoints/`
@@ -6,7 +6,7 @@ started or last resumed the run; the commit is null outside a git checkout), `ch
 `last.ckpt` with the optimizer state for `--resume`, refreshed after every validation and every
 `trainer.checkpoint_every_n_steps`),
 `logs/metrics.csv` (and the logs of `trainer.logger`), the `model/` export of the best
-checkpoint, `metrics.json` (SPEC §7 on valid and test), `samples.txt` and `curves.png`;
+checkpoint, `metrics.json` (the metrics of docs/metrics.md on valid and test), `samples.txt` and `curves.png`;
 `runs/latest` points at the newest run. Choices worth knowing:
 
 - The run directory is checked (writable; not an existing run unless `resume`/`overwrite`)
