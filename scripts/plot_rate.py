@@ -1,6 +1,6 @@
 """The rate sweep as a picture: test nll and rec_bleu against the KL of each run.
 
-    python scripts/plot_rate.py [--results scripts/results/ptb.json] [--out docs/ptb_rate.png]
+    python scripts/plot_rate.py [--results docs/results/ptb.json] [--out docs/ptb_rate.png]
 
 Reads the `ptb_rate_R` entries that `RATES="..." scripts/reproduce_ptb.sh` writes (and any other
 entry, marked by name, for reference) and prints the table it plotted as JSON lines.
@@ -16,7 +16,7 @@ from pathlib import Path
 
 def main(argv=None) -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--results", default="scripts/results/ptb.json")
+    parser.add_argument("--results", default="docs/results/ptb.json")
     parser.add_argument("--out", default="docs/ptb_rate.png")
     parser.add_argument("--split", default="test", help="valid while choosing, test for the final table")
     args = parser.parse_args(argv)

@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # The full PTB experiment: train each config from scratch, evaluate it on PTB valid and test with
-# K = 500 importance samples (bf16 autocast), and write the numbers (no weights) to
-# scripts/results/ptb.json, which the README's results tables are taken from.
+# K = 500 importance samples (bf16 autocast), and write the numbers (no weights), the commands that
+# made them, the commit and the hardware to docs/results/ptb.json; `python scripts/results_tables.py`
+# then regenerates the tables of README.md and docs/ from it.
 #
 # Usage: scripts/reproduce_ptb.sh [extra train flags, e.g. --trainer.max_epochs 3]
 #   CONFIGS="ptb ptb_lowrate ptb_transformer ptb_transformer_lowrate"
@@ -20,7 +21,7 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 scripts/get_data.sh 2>/dev/null || true  # offline copy if there is one; textvae downloads PTB otherwise
-results=scripts/results/ptb.json
+results=docs/results/ptb.json
 runs=${RUNS:-runs}
 iw=${IW_SAMPLES:-500}
 
@@ -45,20 +46,29 @@ print(json.dumps({**m["valid"], "split": "valid", "iw_samples": m["iw_samples"],
   test=$(textvae evaluate --model "${dir}" --split test --iw-samples "${iw}" --precision bf16 --json)
   eval_seconds=$(( $(date +%s) - start ))
   echo "${name}: trained in ${train_seconds}s, evaluated in ${eval_seconds}s" >&2
-  python3 - "$results" "$name" "$config" "$train_seconds" "$eval_seconds" "$valid" "$test" "$*" <<'PY'
-import json, os, platform, sys
+  python3 - "$results" "$name" "$config" "$train_seconds" "$eval_seconds" "$valid" "$test" "$*" "$runs" "$iw" \
+    "${VALID:-eval}" <<'PY'
+import json, os, platform, subprocess, sys
 from pathlib import Path
-results, name, config, train_s, eval_s, valid, test, flags = sys.argv[1:]
+results, name, config, train_s, eval_s, valid, test, flags, runs, iw, valid_from = sys.argv[1:]
 cpu = next((l.split(":", 1)[1].strip() for l in open("/proc/cpuinfo") if l.startswith("model name")),
            platform.machine())
 gpu = "no GPU"
 if json.loads(test).get("device", "cpu").startswith("cuda"):
     import torch
     gpu = torch.cuda.get_device_name()
-entry = {"name": name, "config": config, "extra_flags": flags, "train_seconds": int(train_s),
-         "eval_seconds": int(eval_s), "hardware": f"{cpu}, {os.cpu_count()} cores, {gpu}",
-         "command": f"textvae train --config {config} {flags}".strip(),
-         "valid": json.loads(valid), "test": json.loads(test)}
+run = f"{runs}/{name}"
+evaluate = f"textvae evaluate --model {run} --split {{}} --iw-samples {iw} --precision bf16 --json"
+command = " ".join(part for part in ("textvae train --config", config, flags, "--output_dir", run) if part)
+splits = ["test"] if valid_from == "train" else ["valid", "test"]
+command += "".join(f" && {evaluate.format(split)}" for split in splits)
+git = lambda *args: subprocess.run(["git", *args], capture_output=True, text=True).stdout.strip()
+# The code's commit, and whether it had uncommitted changes (the results being written do not count).
+dirty = git("status", "--porcelain", "--untracked-files=no", "--", ".", ":(exclude)docs/results")
+entry = {"name": name, "config": config, "extra_flags": flags, "command": command,
+         "commit": git("rev-parse", "HEAD") or None, "git_dirty": bool(dirty),
+         "hardware": f"{cpu}, {os.cpu_count()} cores, {gpu}", "train_seconds": int(train_s),
+         "eval_seconds": int(eval_s), "valid": json.loads(valid), "test": json.loads(test)}
 path = Path(results)
 entries = json.loads(path.read_text()) if path.exists() else []
 entries = [e for e in entries if e.get("name", Path(e["config"]).stem) != name] + [entry]

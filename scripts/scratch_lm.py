@@ -2,9 +2,9 @@
 directory, so that the pretrained-decoder path (`model.decoder.type: pretrained`) can be trained
 from scratch and compared with the native transformer decoder on the same tokens.
 
-    python scripts/scratch_lm.py --config configs/ptb_transformer.yaml --out /tmp/ptb_gpt2_4l [--data.KEY VALUE ...]
-    textvae train --config configs/ptb_transformer.yaml --model.decoder.type pretrained \\
-        --model.decoder.pretrained /tmp/ptb_gpt2_4l ...
+    python scripts/scratch_lm.py --config configs/ptb_transformer_lowrate.yaml --out runs/scratch_gpt2_4l [--data.KEY VALUE ...]
+    textvae train --config configs/ptb_transformer_lowrate.yaml --model.decoder.type pretrained \\
+        --model.decoder.pretrained runs/scratch_gpt2_4l ...
 
 The vocabulary is the one textvae learns from the config's training split (the same ids the
 native decoder predicts), so per-token perplexities of the two are directly comparable. The shape
