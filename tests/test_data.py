@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import functools
 import http.server
 import io
@@ -16,6 +17,7 @@ import threading
 from pathlib import Path
 
 import lightning as L
+import numpy as np
 import pytest
 import torch
 from lightning.fabric.utilities.data import _set_sampler_epoch
@@ -23,7 +25,7 @@ from lightning.pytorch.callbacks import ModelCheckpoint
 from transformers import AutoTokenizer
 
 from conftest import PTB_DIR, REPO, synthetic_sentences
-from textvae.config import load_config
+from textvae.config import DataConfig, load_config
 from textvae.data import (PTB_MD5, SPLITS, BucketBatchSampler, check_text_file, load_corpus, make_loader,
                           padding_share, ptb_files, utf8_lines)
 from textvae.errors import UserError
@@ -654,3 +656,38 @@ def test_vectorised_sampler_gives_the_batches_of_the_plain_rule(count, batch_siz
             sampler.set_epoch(epoch)
             assert list(sampler) == expected[rank::replicas]
             assert len(sampler) == len(expected) // replicas
+
+
+def test_the_training_hash_set_is_built_once_per_corpus_and_tokenizer(tmp_path, monkeypatch):
+    """Novelty's hash set comes from the tokenisation cache: reused by a second load of the same
+    corpus and tokenizer, rebuilt for another tokenizer or changed training text."""
+    import textvae.data as data_module
+    from textvae.tokenizer import sentence_hash
+
+    monkeypatch.setattr(data_module, "cache_root", lambda: tmp_path / "cache")
+    lines = [f"the cat number {i % 50} saw the dog" for i in range(200)]
+    files = {}
+    for split in ("train", "valid", "test"):
+        files[split] = tmp_path / f"{split}.txt"
+        files[split].write_text("\n".join(lines) + "\n")
+    config = DataConfig(dataset="text", limit=None, train_file=str(files["train"]), valid_file=str(files["valid"]),
+                        test_file=str(files["test"]), max_length=4)  # truncation: hashes see whole sentences
+
+    def hash_files():
+        return {path.name: path.stat().st_mtime_ns for path in (tmp_path / "cache" / "hashes").glob("*.npy")}
+
+    corpus, tokenizer = load_corpus(config)
+    first = np.asarray(corpus["train"].ids.hash_set())
+    expected = np.unique([sentence_hash(ids) for ids in encode_batch(tokenizer, lines)])
+    assert np.array_equal(first, expected) and len(first) == 50
+    built = hash_files()
+    assert len(built) == 1
+    corpus, _ = load_corpus(config)
+    assert np.array_equal(corpus["train"].ids.hash_set(), first) and hash_files() == built  # reused
+    corpus, _ = load_corpus(dataclasses.replace(config, tokenizer="bpe", vocab_size=300))
+    corpus["train"].ids.hash_set()
+    assert len(hash_files()) == 2  # another tokenizer
+    with open(files["train"], "a") as handle:
+        handle.write("a brand new sentence\n")
+    corpus, _ = load_corpus(config)
+    assert len(corpus["train"].ids.hash_set()) == 51 and len(hash_files()) == 3  # another corpus

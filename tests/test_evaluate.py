@@ -11,11 +11,12 @@ import pytest
 import torch
 from torch.distributions import Normal
 
+from conftest import synthetic_sentences as synthetic_lines
 from textvae.api import TextVAE
 from textvae.config import Config, DecoderConfig, EncoderConfig, EvalConfig, ModelConfig
 from textvae.evaluate import evaluate, latent_use, score_ids, training_sentences
-from textvae.metrics import edit_distance, interpolation_smoothness, mutual_information, novelty
-from textvae.tokenizer import encode_batch, frame, train_tokenizer
+from textvae.metrics import edit_distance, interpolation_smoothness, mutual_information
+from textvae.tokenizer import decode_ids, encode_batch, frame, train_tokenizer
 
 pytestmark = pytest.mark.usefixtures("single_thread")
 
@@ -88,20 +89,45 @@ def test_prior_diversity_comes_from_sampled_decodes():
     assert metrics["distinct_1_greedy"] < 0.01 and metrics["distinct_2_greedy"] < 0.01
 
 
-def test_novelty_streams_the_training_ids_once_for_the_same_samples(monkeypatch):
-    import textvae.evaluate as evaluate_module
+def test_novelty_by_hashes_equals_novelty_by_text_on_a_word_level_corpus():
+    """With the word tokenizer, hashed token ids decide exactly as the text definition: samples
+    against the whitespace-normalised decoded training sentences (rare training words are <unk>)."""
+    import random
 
+    training = synthetic_lines(300, seed=3) + ["the quokka saw the ball", "a dog liked the wombat yesterday"]
+    tokenizer = train_tokenizer(training, "word", min_frequency=3)  # some training words become <unk>
+    ids = [frame(x) for x in encode_batch(tokenizer, training)]
+    decoded = {" ".join(text.split()) for text in decode_ids(tokenizer, (x[1:] for x in ids))}
+    assert any("<unk>" in text for text in decoded)
+    rng = random.Random(0)
+    words = sorted({w for line in training for w in line.split()}) + ["<unk>", "zebra"]
+    samples = []
+    for _ in range(400):
+        if rng.random() < 0.5:  # a training sentence as decoded, respaced
+            samples.append("  ".join(rng.choice(sorted(decoded)).split()) + " ")
+        else:
+            samples.append(" ".join(rng.choice(words) for _ in range(rng.randint(1, 6))))
     vae = make_vae()
-    training = training_sentences(vae, framed(vae))
-    copied = " ".join(SENTENCES[1].split())
-    samples = ["  " + copied.replace(" ", "   ") + " ", "a sentence nobody wrote", copied]
-    passes = []
-    real = evaluate_module.decode_ids
-    monkeypatch.setattr(evaluate_module, "decode_ids", lambda *a: passes.append(1) or real(*a))
-    assert training.matching(samples) == {copied}
-    assert novelty(samples, training.matching(samples)) == pytest.approx(1 / 3)
-    assert len(passes) == 1  # the second question about the same samples is answered from memory
-    assert training.matching(["a sentence nobody wrote"]) == set() and len(passes) == 2
+    vae.tokenizer = tokenizer
+    novel = training_sentences(vae, ids).novel(samples)
+    assert novel.tolist() == [" ".join(sample.split()) not in decoded for sample in samples]
+    assert 0.3 < novel.mean() < 0.8
+
+
+def test_novelty_with_a_bpe_tokenizer_compares_the_text_however_it_was_spelt_in_tokens():
+    training = synthetic_lines(200, seed=4)
+    tokenizer = train_tokenizer(training, "bpe", vocab_size=300)
+    vae = make_vae()
+    vae.tokenizer = tokenizer
+    known = training_sentences(vae, [frame(x) for x in encode_batch(tokenizer, training)])
+    copied = training[0]
+    letters = [tokenizer.token_to_id(piece) for piece in tokenizer.encode(copied).tokens
+               for piece in ([piece] if len(piece) == 1 else list(piece))]  # a non-canonical spelling
+    assert letters != tokenizer.encode(copied).ids
+    (spelt,) = decode_ids(tokenizer, [letters])
+    assert spelt == copied
+    assert known.novel([copied, spelt, copied + " again and again", copied.replace(" ", "  ", 1)]).tolist() == [
+        False, False, True, True]  # spacing is part of the text a byte-level BPE encodes
 
 
 @pytest.fixture(scope="module")

@@ -1,4 +1,4 @@
-"""The text-VAE estimators: IW-NLL, PPL, mutual information, active units, BLEU, distinct-n, novelty."""
+"""The text-VAE estimators: IW-NLL, PPL, mutual information, active units, BLEU, distinct-n."""
 
 from __future__ import annotations
 
@@ -11,7 +11,7 @@ from torch.distributions import Normal
 
 from textvae.config import DecoderConfig, EncoderConfig, ModelConfig
 from textvae.losses import gaussian_kl
-from textvae.metrics import (active_units, corpus_bleu, distinct_n, iw_nll, mutual_information, novelty, ppl,
+from textvae.metrics import (active_units, corpus_bleu, distinct_n, iw_nll, mutual_information, ppl,
                              target_tokens)
 from textvae.model import VAE
 
@@ -200,13 +200,6 @@ def test_distinct_n():
     assert distinct_n(["one", "two"], 2) == 0.0  # no bigrams at all
     assert distinct_n([], 1) == 0.0
 
-
-def test_novelty():
-    training = {"the cat sat", "a dog ran"}
-    assert novelty(["the cat sat", "the  cat   sat ", "a bird flew", "a dog ran"], training) == pytest.approx(1 / 4)
-    assert novelty(["the cat sat"], training) == 0.0
-    assert novelty(["new one", "another"], training) == 1.0
-    assert novelty([], training) == 0.0
 
 
 def test_corpus_bleu():

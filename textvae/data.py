@@ -44,7 +44,8 @@ from torch.utils.data import DataLoader, Sampler
 from textvae.config import DataConfig
 from textvae.errors import UserError
 from textvae.files import atomic_path
-from textvae.tokenizer import PAD_ID, Specials, encode_batch, frame, pad_batch, special_ids, train_tokenizer
+from textvae.tokenizer import (PAD_ID, Specials, encode_batch, frame, pad_batch, sentence_hash, special_ids,
+                               train_tokenizer)
 
 log = logging.getLogger("textvae")
 
@@ -289,6 +290,19 @@ class TokenIds(Sequence):
     def take(self, indices) -> list[list[int]]:
         return self._column.take(list(indices)).to_pylist()
 
+    def hash_set(self) -> np.ndarray:
+        """The sorted distinct `sentence_hash`es of the split's sentences (their token ids before any
+        truncation), computed once per tokenised table and memory-mapped from the cache after: every
+        later run and `textvae evaluate` on the same data and tokenizer reuses the file, and a
+        changed corpus or tokenizer gives another table fingerprint, so another file."""
+        path = cache_root() / "hashes" / f"{_key(self.table._fingerprint, len(self))}.npy"
+        if not path.is_file():
+            hashes = np.unique(self.table.data.column("hash").to_numpy())  # sorted
+            path.parent.mkdir(parents=True, exist_ok=True)
+            with atomic_path(path, suffix=".npy") as tmp:
+                np.save(tmp, hashes)
+        return np.load(path, mmap_mode="r")
+
     def __getstate__(self):  # DataLoader workers get the table (pickled by file), not the column's data
         return {"table": self.table}
 
@@ -317,7 +331,7 @@ def framed_lengths(ids: Sequence) -> np.ndarray:
     return np.fromiter((len(x) for x in ids), dtype=np.int64, count=len(ids))
 
 
-CACHE_VERSION = "1"  # part of every cache key: bump when the tokenised layout changes
+CACHE_VERSION = "2"  # part of every cache key: bump when the tokenised layout changes
 
 
 def _key(*parts) -> str:
@@ -328,7 +342,7 @@ def _tokenize_rows(batch: dict, column: str, tokenizer, specials: Specials, max_
     texts = [text for text in batch[column] if isinstance(text, str) and text.strip()]
     words = encode_batch(tokenizer, texts, specials)
     ids = [frame(w, max_length, specials) for w in words]
-    return {"ids": ids, "length": [len(x) for x in ids],
+    return {"ids": ids, "length": [len(x) for x in ids], "hash": [sentence_hash(w) for w in words],
             "truncated": [max_length is not None and len(w) > max_length for w in words]}
 
 
@@ -341,7 +355,8 @@ def tokenize_source(split: str, source: Source, tokenizer, max_length: int | Non
     table = source.table
     specials = special_ids(tokenizer)
     features = datasets.Features({"ids": datasets.Sequence(datasets.Value("int32")),
-                                  "length": datasets.Value("int32"), "truncated": datasets.Value("bool")})
+                                  "length": datasets.Value("int32"), "hash": datasets.Value("int64"),
+                                  "truncated": datasets.Value("bool")})
     fingerprint = _key(table._fingerprint, source.column, _tokenizer_hash(tokenizer), tuple(specials), max_length)
     tokenized = table.map(_tokenize_rows, batched=True, batch_size=1000, remove_columns=table.column_names,
                           features=features, new_fingerprint=fingerprint, num_proc=num_proc or None,

@@ -20,16 +20,17 @@ from __future__ import annotations
 import logging
 import sys
 import time
-from typing import TYPE_CHECKING, Iterable, NamedTuple
+from typing import TYPE_CHECKING, NamedTuple
 
+import numpy as np
 import torch
 
 from textvae.errors import UserError
 from textvae.latent import slerp
 from textvae.losses import gaussian_kl
 from textvae.metrics import (active_units, corpus_bleu, distinct_n, exact_share, interpolation_smoothness,
-                             iw_batch_size, iw_nll, mutual_information, novelty, ppl, target_tokens)
-from textvae.tokenizer import decode_ids, length_batches, special_ids
+                             iw_batch_size, iw_nll, mutual_information, ppl, target_tokens)
+from textvae.tokenizer import decode_ids, encode_batch, length_batches, sentence_hash, special_ids
 
 if TYPE_CHECKING:
     from textvae.trained import TrainedModel
@@ -95,7 +96,7 @@ def _pairs(count: int, pairs: int, seed: int) -> list[tuple[int, int]]:
 
 
 @torch.no_grad()
-def evaluate(vae: "TrainedModel", ids: list[list[int]], training_text: TrainingText | None = None,
+def evaluate(vae: "TrainedModel", ids: list[list[int]], training_text: TrainingSentences | None = None,
              iw_samples: int | None = None, seed: int = 0, progress: bool | None = None):
     """The metrics of `vae` on framed sentences `ids`, and the per-sentence `Scores`.
 
@@ -192,7 +193,7 @@ def latent_use(vae: "TrainedModel", ids: list[list[int]], means: torch.Tensor, s
     return metrics
 
 
-def prior_diversity(vae: "TrainedModel", training_text: TrainingText, count: int, seed: int = 0) -> dict:
+def prior_diversity(vae: "TrainedModel", training_text: TrainingSentences, count: int, seed: int = 0) -> dict:
     """distinct-1/2 and novelty of `count` sampled decodes of prior codes, plus distinct-1/2 of
     greedy decodes of the same codes."""
     generator = torch.Generator(device=vae.device).manual_seed(seed)
@@ -200,32 +201,46 @@ def prior_diversity(vae: "TrainedModel", training_text: TrainingText, count: int
     sampled = vae.decode(z, strategy="sample", seed=seed)
     greedy = vae.decode(z, strategy="greedy")
     return {"distinct_1": distinct_n(sampled, 1), "distinct_2": distinct_n(sampled, 2),
-            "novel": novelty(sampled, training_text.matching(sampled)),
+            "novel": float(training_text.novel(sampled).mean()),
             "distinct_1_greedy": distinct_n(greedy, 1), "distinct_2_greedy": distinct_n(greedy, 2)}
 
 
-class TrainingText:
-    """The training sentences as the model's tokenizer decodes them, for novelty. They are never
-    held as a set: `matching(samples)` streams the framed training ids (memory-mapped for a large
-    corpus) and returns the whitespace-normalised samples that occur among them, remembering the
-    answer, so valid and test, which draw the same prior samples, decode the corpus once."""
+class TrainingSentences:
+    """The training sentences as a set of 64-bit hashes of their token ids (tokenizer.sentence_hash),
+    for novelty: a sample is novel when the ids of its text, as the model's tokenizer encodes it,
+    are not those of any training sentence. Each lookup costs O(log N) in the sorted hash array
+    (memory-mapped from the tokenisation cache for a corpus split), so novelty costs what the
+    samples cost, not what the corpus does.
 
-    def __init__(self, tokenizer, ids):
-        self.tokenizer, self.ids = tokenizer, ids
-        self._answers: dict[frozenset, set[str]] = {}
+    - Word tokenizer: the ids are the whitespace-separated words, so this is exactly the text
+      definition (`metrics.novelty`: whitespace-normalised samples against training sentences);
+      an out-of-vocabulary training word and a sampled `<unk>` are the same id, as the decoded
+      training text would show `<unk>` for it.
+    - BPE and pretrained-LM tokenizers: the ids are the canonical encoding of the text, so a sample
+      is novel when its decoded text differs from every training sentence (spacing included, the
+      way the tokenizer reads it), however the decoder happened to spell it in tokens.
+    - Hashes cover the full sentences, before training truncation; two distinct sentences share a
+      64-bit hash with probability about N / 2^64 per sample.
+    """
 
-    def matching(self, samples: Iterable[str]) -> set[str]:
-        wanted = frozenset(" ".join(sample.split()) for sample in samples)
-        if wanted not in self._answers:
-            found = set()
-            for text in decode_ids(self.tokenizer, (x[1:] for x in self.ids)):
-                text = " ".join(text.split())
-                if text in wanted:
-                    found.add(text)
-            self._answers[wanted] = found
-        return self._answers[wanted]
+    def __init__(self, tokenizer, hashes: np.ndarray):
+        self.tokenizer, self.hashes = tokenizer, hashes
+
+    def novel(self, samples: list[str]) -> np.ndarray:
+        """(n,) bool: which samples are not training sentences."""
+        if not samples:
+            return np.zeros(0, dtype=bool)
+        wanted = np.fromiter((sentence_hash(ids) for ids in encode_batch(self.tokenizer, samples)),
+                             dtype=np.int64, count=len(samples))
+        positions = np.minimum(np.searchsorted(self.hashes, wanted), max(len(self.hashes) - 1, 0))
+        found = np.asarray(self.hashes[positions]) == wanted if len(self.hashes) else np.zeros(len(wanted), bool)
+        return ~found
 
 
-def training_sentences(vae: "TrainedModel", ids) -> TrainingText:
-    """The training split's framed `ids` (lists or a memory-mapped TokenIds), for novelty."""
-    return TrainingText(vae.tokenizer, ids)
+def training_sentences(vae: "TrainedModel", ids) -> TrainingSentences:
+    """The training split's sentences for novelty: a cached split (data.TokenIds) gives its
+    memory-mapped hash set; framed id lists are hashed here."""
+    if hasattr(ids, "hash_set"):
+        return TrainingSentences(vae.tokenizer, ids.hash_set())
+    hashes = np.unique(np.fromiter((sentence_hash(x[1:-1]) for x in ids), dtype=np.int64, count=len(ids)))
+    return TrainingSentences(vae.tokenizer, hashes)

@@ -165,9 +165,3 @@ def interpolation_smoothness(paths: list[list[str]]) -> tuple[float, float]:
             a, b = a.split(), b.split()
             steps.append(edit_distance(a, b) / max(len(a), len(b), 1))
     return sum(distinct) / len(distinct), sum(steps) / len(steps)
-
-
-def novelty(samples: Iterable[str], training: set[str]) -> float:
-    """Share of samples that are not (whitespace-normalised) training sentences."""
-    samples = [" ".join(sample.split()) for sample in samples]
-    return sum(sample not in training for sample in samples) / len(samples) if samples else 0.0

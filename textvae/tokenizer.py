@@ -13,11 +13,13 @@ loads with `transformers.AutoTokenizer`.
 
 from __future__ import annotations
 
+import hashlib
 import itertools
 import json
 from pathlib import Path
 from typing import Iterable, Iterator, NamedTuple
 
+import numpy as np
 import torch
 from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
 
@@ -80,6 +82,13 @@ def encode_batch(tokenizer: Tokenizer, sentences: list[str], specials: Specials 
     framing = {specials.pad, specials.bos, specials.eos}
     return [[specials.unk if i in framing else i for i in encoding.ids]
             for encoding in tokenizer.encode_batch(sentences, add_special_tokens=False)]
+
+
+def sentence_hash(ids: Iterable[int]) -> int:
+    """A 64-bit hash (a signed int64, as Arrow stores it) of a sentence's token ids (without <bos>/<eos>): what novelty compares, so that
+    a sample is looked up in the training set without decoding the corpus (evaluate.py)."""
+    data = np.asarray(list(ids), dtype="<i4").tobytes()
+    return int.from_bytes(hashlib.blake2b(data, digest_size=8).digest(), "little", signed=True)
 
 
 def frame(ids: list[int], max_length: int | None = None, specials: Specials = OWN_SPECIALS) -> list[int]:
