@@ -349,3 +349,29 @@ def test_bench_flops_count_the_lm_matrix_weights_torch_counts(tiny_lms, kind, si
     assert pretrained_decoder_flops_per_token(model.decoder, mean_length) == pytest.approx(3 * forward)
     model.decoder.freeze = True
     assert pretrained_decoder_flops_per_token(model.decoder, mean_length) == pytest.approx(2 * forward)
+
+
+def test_the_lm_alone_loads_no_encoder_injects_nothing_and_scores_exactly(tiny_lms, single_thread):
+    """model.latent: none over a causal LM: the reference row without a latent."""
+    from textvae.config import EncoderConfig
+    from textvae.pretrained import load_parts
+
+    directory = tiny_lms["llama"]
+    config = ModelConfig(latent_dim=8, latent="none", encoder=EncoderConfig(pretrained="never/loaded"),
+                         decoder=DecoderConfig(type="pretrained", pretrained=str(directory)))
+    parts = load_parts(config)
+    assert set(parts) == {"decoder"}  # the encoder section is ignored, not even loaded
+    tokenizer = text_tokenizer(parts["decoder"][1])
+    model = VAE(config, tokenizer.get_vocab_size(), tokenizer, parts).eval()
+    assert model.encoder is None and not [name for name in model.state_dict() if "z_to_" in name]
+    tokens = batch(tokenizer)
+    estimate = iw_nll(model, tokens, samples=4, generator=torch.Generator().manual_seed(0))
+    torch.testing.assert_close(estimate.nll, estimate.rec, rtol=1e-5, atol=1e-4)
+    torch.testing.assert_close(estimate.elbo, estimate.rec, rtol=1e-5, atol=1e-4)
+    hf = parts["decoder"][0]
+    with torch.no_grad():  # the LM's own likelihood of `w1 .. wn <eos>` after <bos>
+        logits = hf(input_ids=tokens[:, :-1]).logits
+        pad = lm_specials(parts["decoder"][1]).pad
+        direct = torch.nn.functional.cross_entropy(logits.transpose(1, 2), tokens[:, 1:], ignore_index=pad,
+                                                   reduction="none").sum(1)
+    torch.testing.assert_close(estimate.rec, direct, rtol=1e-4, atol=1e-3)

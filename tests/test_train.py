@@ -78,6 +78,9 @@ def test_run_directory_is_complete(debug_run):
     assert config["data"]["root"] == str(PTB_DIR) and config["model"]["latent_dim"] == 8
     assert config["output_dir"] == "runs/debug"
     assert sorted(p.name for p in (debug_run / "checkpoints").iterdir()) == ["best.ckpt", "last.ckpt"]
+    best, last = (torch.load(debug_run / "checkpoints" / name, map_location="cpu", weights_only=True)
+                  for name in ("best.ckpt", "last.ckpt"))
+    assert "optimizer_states" not in best and last["optimizer_states"]  # only last.ckpt is for --resume
     assert (debug_run / "curves.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     samples = (debug_run / "samples.txt").read_text().splitlines()
     assert len(samples) == config["eval"]["num_samples_txt"] and all(line.strip() for line in samples)

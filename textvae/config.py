@@ -183,9 +183,7 @@ class ModelConfig:
         _require(self.posterior_bn >= 0, "model.posterior_bn", "must be >= 0", self.posterior_bn)
         _require(self.bow_weight >= 0, "model.bow_weight", "must be >= 0", self.bow_weight)
         _require(self.latent in LATENTS, "model.latent", f"must be one of {', '.join(LATENTS)}", self.latent)
-        if self.latent == "none":  # nothing reads z: refuse settings that would only pretend to act on it
-            _require(self.encoder.pretrained is None, "model.encoder.pretrained", "is not used with model.latent: none",
-                     self.encoder.pretrained)
+        if self.latent == "none":  # nothing reads z (the encoder section is ignored): refuse what would act on z
             _require(self.bow_weight == 0, "model.bow_weight", "must be 0 with model.latent: none", self.bow_weight)
             _require(self.posterior_bn == 0, "model.posterior_bn", "must be 0 with model.latent: none",
                      self.posterior_bn)

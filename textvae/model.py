@@ -298,7 +298,7 @@ class VAE(nn.Module):
         # Made last, so the rest of the model is initialised as it would be without it.
         self.bow = nn.Linear(config.latent_dim, vocab_size) if config.bow_weight > 0 else None
         # HF parts come after the init above, which would overwrite their trained embeddings.
-        if pretrained is not None:
+        if pretrained is not None and self.has_latent:
             if tokenizer is None:
                 raise ValueError("a pretrained encoder needs textvae's tokenizer")
             self.encoder = PretrainedEncoder(*_part(hf_parts, "encoder"), tokenizer, config.encoder, config.latent_dim)

@@ -216,7 +216,7 @@ def load_parts(config: ModelConfig) -> dict:
     """The HF parts `config` names, by role ("encoder", "decoder"), as `VAE(hf_parts=...)` takes them:
     train() loads them once, before the run directory is touched, so a bad name changes nothing."""
     parts = {}
-    if config.encoder.pretrained is not None:
+    if config.encoder.pretrained is not None and config.latent != "none":
         parts["encoder"] = load_hf(config.encoder.pretrained, "model.encoder.pretrained")
     if config.decoder.type == "pretrained":
         parts["decoder"] = load_hf(config.decoder.pretrained, "model.decoder.pretrained", "decoder")

@@ -115,7 +115,7 @@ class TrainedModel:
             raise UserError(f"model: {weights_path} is corrupted or truncated ({error})") from None
         tokenizer = load_tokenizer(directory)
         hf_parts = {}
-        if config.model.encoder.pretrained is not None:
+        if config.model.encoder.pretrained is not None and config.model.latent != "none":
             hf_parts["encoder"] = rebuild_hf(directory / "encoder", "encoder")
         if config.model.decoder.type == "pretrained":  # its vocabulary and special ids are the LM's
             hf_parts["decoder"] = rebuild_hf(directory / "decoder", "decoder")
