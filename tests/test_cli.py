@@ -14,7 +14,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from conftest import run_cli, text_overrides, train_debug
+from conftest import run_main, text_overrides, train_debug
 from textvae.api import TextVAE
 from textvae.tokenizer import decode_ids
 
@@ -49,9 +49,9 @@ def sentence_file(tmp_path_factory) -> Path:
 
 def test_generate_uses_latest_model_and_seed(models):
     run, vae = models["gru_run"]
-    explicit = ok(run_cli(["generate", "--n", "20", "--seed", "7", "--model", str(run / "model")], cwd=workdir(run)))
+    explicit = ok(run_main(["generate", "--n", "20", "--seed", "7", "--model", str(run / "model")], cwd=workdir(run)))
     assert len(explicit) == 20 and all(line.strip() for line in explicit)
-    default = ok(run_cli(["generate", "--n", "20", "--seed", "7"], cwd=workdir(run)))  # --model runs/latest
+    default = ok(run_main(["generate", "--n", "20", "--seed", "7"], cwd=workdir(run)))  # --model runs/latest
     assert default == explicit
     assert explicit == vae.sample(n=20, seed=7, strategy="sample")
 
@@ -69,7 +69,7 @@ GENERATE_CASES = [
 @pytest.mark.parametrize("name,fmt,options", GENERATE_CASES, ids=lambda v: v if isinstance(v, str) else v[1])
 def test_generate_strategies(models, name, fmt, options):
     run, vae = models[name]
-    lines = ok(run_cli(["generate", "--n", "5", "--seed", "1", "--max-length", "15", "--format", fmt, *options,
+    lines = ok(run_main(["generate", "--n", "5", "--seed", "1", "--max-length", "15", "--format", fmt, *options,
                         "--model", str(run)], cwd=workdir(run)))
     assert len(lines) == 5
     texts = [json.loads(line)["text"] for line in lines] if fmt == "jsonl" else lines
@@ -105,11 +105,11 @@ def test_max_length_beyond_the_transformer_decoder_is_one_line_exit_2(models, se
     np.save(codes, vae.encode(SENTENCES[:2]).cpu().numpy())
     for command in (["generate", "--n", "2"], ["reconstruct", str(sentence_file)], ["decode", str(codes)],
                     ["interpolate", SENTENCES[0], SENTENCES[1]]):
-        result = run_cli([*command, "--max-length", "513", "--model", str(run)], cwd=workdir(run))
+        result = run_main([*command, "--max-length", "513", "--model", str(run)], cwd=workdir(run))
         assert result.returncode == 2 and result.stdout == "", (command, result.stderr[-2000:])
         assert result.stderr == ("textvae: error: --max-length must be at most 512 for this model (its transformer "
                                  "decoder has model.decoder.max_positions=512), got 513\n")
-    at_limit = ok(run_cli(["generate", "--n", "2", "--max-length", "512", "--model", str(run)], cwd=workdir(run)))
+    at_limit = ok(run_main(["generate", "--n", "2", "--max-length", "512", "--model", str(run)], cwd=workdir(run)))
     assert len(at_limit) == 2
 
 
@@ -118,7 +118,7 @@ def test_score_reports_lines_longer_than_the_model_reads(models, tmp_path):
     long_line = " ".join(["the cat saw the ball"] * 120)  # 600 words; the model reads 510
     path = tmp_path / "lines.txt"
     path.write_text(f"{SENTENCES[0]}\n{long_line}\n")
-    result = run_cli(["score", str(path), "--iw-samples", "2", "--model", str(run)], cwd=workdir(run))
+    result = run_main(["score", str(path), "--iw-samples", "2", "--model", str(run)], cwd=workdir(run))
     rows = parse_score_text(ok(result))
     assert [row[2] for row in rows] == [6, 511] and all(np.isfinite(row[0]) for row in rows)
     assert "warning: 1 of 2 sentence(s) are longer than the 510 tokens this model reads" in result.stderr
@@ -128,7 +128,7 @@ def test_score_reports_lines_longer_than_the_model_reads(models, tmp_path):
 def test_interpolate_matches_api(models):
     run, vae = models["transformer_run"]
     a, b = SENTENCES[0], SENTENCES[1]
-    lines = ok(run_cli(["interpolate", a, b, "--steps", "3"], cwd=workdir(run)))
+    lines = ok(run_main(["interpolate", a, b, "--steps", "3"], cwd=workdir(run)))
     assert len(lines) == 5
     assert lines == vae.interpolate(a, b, steps=3)
     assert lines[0] == vae.reconstruct([a])[0] and lines[-1] == vae.reconstruct([b])[0]
@@ -136,7 +136,7 @@ def test_interpolate_matches_api(models):
 
 def test_reconstruct_file(models, sentence_file):
     run, vae = models["gru_run"]
-    lines = ok(run_cli(["reconstruct", str(sentence_file)], cwd=workdir(run)))
+    lines = ok(run_main(["reconstruct", str(sentence_file)], cwd=workdir(run)))
     assert lines == vae.reconstruct(SENTENCES)
 
 
@@ -144,7 +144,7 @@ def test_reconstruct_file(models, sentence_file):
 def transformer_reconstructions(models, sentence_file) -> list[str]:
     """`textvae reconstruct -` of the sentence file on stdin, with the transformer model."""
     run, _ = models["transformer_run"]
-    return ok(run_cli(["reconstruct", "-", "--model", str(run)], cwd=workdir(run), input=sentence_file.read_text()))
+    return ok(run_main(["reconstruct", "-", "--model", str(run)], cwd=workdir(run), input=sentence_file.read_text()))
 
 
 def test_reconstruct_stdin(models, transformer_reconstructions):
@@ -155,13 +155,13 @@ def test_reconstruct_stdin(models, transformer_reconstructions):
 def test_encode_then_decode_is_reconstruct(models, sentence_file, transformer_reconstructions, tmp_path):
     run, vae = models["transformer_run"]
     codes_path = tmp_path / "codes.npy"
-    result = run_cli(["encode", str(sentence_file), "--out", str(codes_path), "--model", str(run)], cwd=workdir(run))
+    result = run_main(["encode", str(sentence_file), "--out", str(codes_path), "--model", str(run)], cwd=workdir(run))
     assert ok(result) == []  # codes go to the file, not stdout
     codes = np.load(codes_path)
     assert codes.dtype == np.float32 and codes.shape == (len(SENTENCES), vae.latent_dim)
     np.testing.assert_allclose(codes, vae.encode(SENTENCES).cpu().numpy(), rtol=0, atol=1e-6)
     assert [p.name for p in tmp_path.iterdir()] == ["codes.npy"]  # no temporary file left
-    decoded = ok(run_cli(["decode", str(codes_path), "--model", str(run)], cwd=workdir(run)))
+    decoded = ok(run_main(["decode", str(codes_path), "--model", str(run)], cwd=workdir(run)))
     assert decoded == transformer_reconstructions
 
 
@@ -196,7 +196,7 @@ def test_score_threshold(models, score_input):
     nll, tokens = vae.score(lines, iw_samples=10, seed=0)
     per_token = sorted((nll / tokens).tolist())
     threshold = (per_token[len(per_token) // 2 - 1] + per_token[len(per_token) // 2]) / 2  # between two values
-    output = ok(run_cli(["score", str(path), "--iw-samples", "10", "--threshold", f"{threshold:.6f}"],
+    output = ok(run_main(["score", str(path), "--iw-samples", "10", "--threshold", f"{threshold:.6f}"],
                         cwd=workdir(run)))
     rows = parse_score_text(output)
     assert [row[4] for row in rows] == lines
@@ -213,7 +213,7 @@ def test_score_defaults_to_the_k_of_the_stored_thresholds(models, score_input):
     path, lines, _ = score_input
     stored = vae.extra["score_quantiles"]["iw_samples"]
     assert stored == 5 and vae.default_iw_samples == stored  # debug.yaml's eval.iw_samples
-    output = ok(run_cli(["score", str(path), "--format", "jsonl"], cwd=workdir(run)))
+    output = ok(run_main(["score", str(path), "--format", "jsonl"], cwd=workdir(run)))
     nll, _ = vae.score(lines, iw_samples=stored, seed=0)
     np.testing.assert_allclose([json.loads(line)["nll"] for line in output], nll.numpy(), atol=1e-4)
     assert not np.allclose(nll.numpy(), vae.score(lines, iw_samples=100, seed=0)[0].numpy(), atol=1e-4)
@@ -222,7 +222,7 @@ def test_score_defaults_to_the_k_of_the_stored_thresholds(models, score_input):
 def test_score_percentile_jsonl(models, score_input):
     run, vae = models["gru_run"]
     path, lines, shuffled = score_input
-    output = ok(run_cli(["score", str(path), "--iw-samples", "10", "--percentile", "95", "--format", "jsonl"],
+    output = ok(run_main(["score", str(path), "--iw-samples", "10", "--percentile", "95", "--format", "jsonl"],
                         cwd=workdir(run)))
     records = [json.loads(line) for line in output]
     assert [r["text"] for r in records] == lines
@@ -242,7 +242,7 @@ def test_score_percentile_jsonl(models, score_input):
 
 def test_evaluate_json(models, tiny_corpus):
     run, vae = models["gru_run"]
-    output = ok(run_cli(["evaluate", "--json", "--iw-samples", "5", "--model", str(run)], cwd=workdir(run)))
+    output = ok(run_main(["evaluate", "--json", "--iw-samples", "5", "--model", str(run)], cwd=workdir(run)))
     assert len(output) == 1
     metrics = json.loads(output[0])
     assert METRIC_KEYS <= metrics.keys()
@@ -277,7 +277,7 @@ def test_bpe_model_end_to_end(bpe_run, tiny_corpus):
     # subword units: some corpus word takes more than one token
     assert any(len(vae.tokenizer.encode(f" {word}", add_special_tokens=False).ids) > 1 for word in words)
 
-    generated = ok(run_cli(["generate", "--n", "20", "--seed", "0", "--max-length", "30"], cwd=workdir(bpe_run)))
+    generated = ok(run_main(["generate", "--n", "20", "--seed", "0", "--max-length", "30"], cwd=workdir(bpe_run)))
     assert len(generated) == 20 and generated == vae.sample(n=20, seed=0, max_length=30)
     for line in generated:
         assert line == line.strip(), repr(line)
@@ -289,7 +289,7 @@ def test_bpe_model_end_to_end(bpe_run, tiny_corpus):
     path = workdir(bpe_run) / "score.txt"
     path.write_text("\n".join(lines) + "\n")
     records = [json.loads(line) for line in
-               ok(run_cli(["score", str(path), "--iw-samples", "4", "--format", "jsonl"], cwd=workdir(bpe_run)))]
+               ok(run_main(["score", str(path), "--iw-samples", "4", "--format", "jsonl"], cwd=workdir(bpe_run)))]
     assert [r["text"] for r in records] == lines
     assert all(np.isfinite(r["nll"]) and r["nll"] > 0 for r in records)
     assert [r["tokens"] for r in records] == [len(ids) - 1 for ids in vae.tokenize(lines)]  # BPE tokens + <eos>

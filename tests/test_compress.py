@@ -13,7 +13,7 @@ import numpy as np
 import pytest
 import torch
 
-from conftest import REPO, run_cli, synthetic_sentences
+from conftest import REPO, run_main, synthetic_sentences
 from textvae import TextVAE
 from textvae.compress import (FORMAT_VERSION, HEADER_SIZE, MAGIC, classify, compress_with_startup, dequantize_codes,
                               fingerprint, parts_of, quantize_codes, split_lines)
@@ -212,10 +212,10 @@ def test_cli_compress_decompress(gru_run, tmp_path):
     source = tmp_path / "in.txt"
     source.write_bytes(mixed_text().encode("utf-8"))
     model = ["--model", str(gru_run)]
-    result = run_cli(["compress", str(source), "-o", "in.tvz", *model], cwd=tmp_path)
+    result = run_main(["compress", str(source), "-o", "in.tvz", *model], cwd=tmp_path)
     assert result.returncode == 0, result.stderr
     assert "bits per character" in result.stderr
-    result = run_cli(["decompress", "in.tvz", "-o", "out.txt", *model], cwd=tmp_path)
+    result = run_main(["decompress", "in.tvz", "-o", "out.txt", *model], cwd=tmp_path)
     assert result.returncode == 0, result.stderr
     assert (tmp_path / "out.txt").read_bytes() == source.read_bytes()
     piped = subprocess.run([sys.executable, "-m", "textvae.cli", "decompress", "in.tvz", *model], cwd=tmp_path,
@@ -227,19 +227,19 @@ def test_cli_errors_are_one_line_and_keep_existing_output(gru_run, tmp_path):
     model = ["--model", str(gru_run)]
     (tmp_path / "bad.txt").write_bytes(b"fine line\nbad \xff byte\n")
     (tmp_path / "keep.tvz").write_bytes(b"previous")
-    result = run_cli(["compress", "bad.txt", "-o", "keep.tvz", *model], cwd=tmp_path)
+    result = run_main(["compress", "bad.txt", "-o", "keep.tvz", *model], cwd=tmp_path)
     assert result.returncode == 2
     assert result.stderr.strip().splitlines() == ["textvae: error: bad.txt line 2 is not valid UTF-8 (byte 0xff)"]
     assert (tmp_path / "keep.tvz").read_bytes() == b"previous"
     (tmp_path / "good.txt").write_text("the cat saw the ball\n")
-    assert run_cli(["compress", "good.txt", "-o", "good.tvz", *model], cwd=tmp_path).returncode == 0
+    assert run_main(["compress", "good.txt", "-o", "good.tvz", *model], cwd=tmp_path).returncode == 0
     (tmp_path / "cut.tvz").write_bytes((tmp_path / "good.tvz").read_bytes()[:-2])
     (tmp_path / "keep.txt").write_text("previous")
-    result = run_cli(["decompress", "cut.tvz", "-o", "keep.txt", *model], cwd=tmp_path)
+    result = run_main(["decompress", "cut.tvz", "-o", "keep.txt", *model], cwd=tmp_path)
     assert result.returncode == 2 and len(result.stderr.strip().splitlines()) == 1
     assert "truncated" in result.stderr
     assert (tmp_path / "keep.txt").read_text() == "previous"
-    result = run_cli(["decompress", "missing.tvz", *model], cwd=tmp_path)
+    result = run_main(["decompress", "missing.tvz", *model], cwd=tmp_path)
     assert result.returncode == 2 and "not found" in result.stderr
 
 
@@ -260,12 +260,12 @@ def test_cli_encode_bits_and_decode(gru_run, tmp_path):
     sentences = synthetic_sentences(5, seed=3)
     (tmp_path / "in.txt").write_text("\n".join(sentences) + "\n")
     model = ["--model", str(gru_run)]
-    result = run_cli(["encode", "in.txt", "--out", "codes.npy", "--bits", "6", *model], cwd=tmp_path)
+    result = run_main(["encode", "in.txt", "--out", "codes.npy", "--bits", "6", *model], cwd=tmp_path)
     assert result.returncode == 0, result.stderr
     archive = np.load(tmp_path / "codes.npy")
     assert int(archive["bits"]) == 6 and archive["packed"].shape == (5, 6)  # 8 dims x 6 bits = 6 bytes
-    result = run_cli(["decode", "codes.npy", *model], cwd=tmp_path)
+    result = run_main(["decode", "codes.npy", *model], cwd=tmp_path)
     assert result.returncode == 0, result.stderr
     assert len(result.stdout.splitlines()) == 5
-    result = run_cli(["encode", "in.txt", "--out", "x.npy", "--bits", "0", *model], cwd=tmp_path)
+    result = run_main(["encode", "in.txt", "--out", "x.npy", "--bits", "0", *model], cwd=tmp_path)
     assert result.returncode == 2 and "--bits" in result.stderr

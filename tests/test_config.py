@@ -7,7 +7,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from conftest import CONFIGS, run_cli
+from conftest import CONFIGS, run_main
 from textvae.config import Config, dump_config, load_config
 from textvae.errors import UserError
 
@@ -88,8 +88,8 @@ def test_dump_config_round_trips():
 
 
 def test_print_config_prints_the_merged_yaml_and_exits(tmp_path):
-    result = run_cli(["train", "--config", str(CONFIGS / "debug.yaml"), "--print_config",
-                      "--model.latent_dim", "32", "--trainer.max_epochs=3"], cwd=tmp_path, timeout=120)
+    result = run_main(["train", "--config", str(CONFIGS / "debug.yaml"), "--print_config",
+                      "--model.latent_dim", "32", "--trainer.max_epochs=3"], cwd=tmp_path)
     assert result.returncode == 0, result.stderr
     printed = yaml.safe_load(result.stdout)
     expected = load_config(CONFIGS / "debug.yaml", ["--model.latent_dim", "32", "--trainer.max_epochs=3"])
@@ -241,7 +241,7 @@ def test_malformed_override_is_a_user_error(flags):
 def test_cli_config_errors_exit_2_with_one_line(tmp_path, config, flags, needle):
     write_yaml(tmp_path, "seed: 0\nmodel:\n  latent_dim: 8\n   word_dropout: 0.2\n", name="broken.yaml")
     config_path = str(CONFIGS / "debug.yaml") if config == "debug" else config
-    result = run_cli(["train", "--config", config_path, *flags], cwd=tmp_path, timeout=120)
+    result = run_main(["train", "--config", config_path, *flags], cwd=tmp_path)
     assert result.returncode == 2
     assert result.stdout == ""
     lines = result.stderr.splitlines()

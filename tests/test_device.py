@@ -13,7 +13,7 @@ import pytest
 import torch
 
 import textvae.device
-from conftest import CONFIGS, REPO, run_cli, text_overrides
+from conftest import CONFIGS, REPO, run_main, text_overrides
 from textvae import cli
 from textvae.api import TextVAE
 from textvae.device import resolve_device
@@ -177,10 +177,10 @@ def test_the_device_is_checked_before_the_input(capsys, no_accelerators):
 
 
 def test_real_cli_device_flag(gru_run, cli_inputs):
-    good = run_cli(["generate", "--n", "2", "--seed", "0", "--device", "cpu", "--model", str(gru_run)],
+    good = run_main(["generate", "--n", "2", "--seed", "0", "--device", "cpu", "--model", str(gru_run)],
                    cwd=cli_inputs["root"])
     assert good.returncode == 0 and len(good.stdout.splitlines()) == 2, good.stderr[-2000:]
-    bad = run_cli(["evaluate", "--device", "tpu", "--model", str(gru_run)], cwd=cli_inputs["root"])
+    bad = run_main(["evaluate", "--device", "tpu", "--model", str(gru_run)], cwd=cli_inputs["root"])
     assert bad.returncode == 2 and bad.stdout == ""
     assert bad.stderr.splitlines() == ["textvae: error: --device must be auto, cpu, cuda, cuda:N or mps, got 'tpu'"]
 

@@ -15,7 +15,7 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
-from conftest import (CONFIGS, ENDINGS, OBJECTS, SUBJECTS, VERBS, run_cli, synthetic_sentences, text_overrides,
+from conftest import (CONFIGS, ENDINGS, OBJECTS, SUBJECTS, VERBS, run_cli, run_main, synthetic_sentences, text_overrides,
                       train_debug)
 from textvae.api import TextVAE
 from textvae.config import Config, EncoderConfig, ModelConfig, load_config
@@ -166,7 +166,7 @@ def test_inference_commands_run_on_the_exported_model(runs, tmp_path, monkeypatc
 
     run = runs["bert"]
     model = ["--model", str(run / "model")]
-    result = run_cli(["interpolate", SENTENCES[0], SENTENCES[1], "--steps", "2", *model], cwd=tmp_path)
+    result = run_main(["interpolate", SENTENCES[0], SENTENCES[1], "--steps", "2", *model], cwd=tmp_path)
     assert result.returncode == 0, result.stderr[-2000:]
     assert len(result.stdout.splitlines()) == 4
     # encode and score in this process (the same parsing and handlers, without another start-up)

@@ -14,7 +14,7 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
-from conftest import CONFIGS, run_cli, synthetic_sentences, text_overrides, train_debug
+from conftest import CONFIGS, run_cli, run_main, synthetic_sentences, text_overrides, train_debug
 from textvae.api import TextVAE
 from textvae.config import DecoderConfig, ModelConfig
 from textvae.errors import UserError
@@ -197,7 +197,7 @@ def test_cli_training_export_and_offline_reload(runs, kind, single_thread):
         exported.decode(torch.zeros(1, 8), max_length=65)
     assert len(exported.decode(torch.zeros(1, 8), strategy="sample", max_length=64, seed=0, temperature=5.0)) == 1
     if kind == "gpt2":  # the CLI too (one kind: each call starts Python afresh)
-        result = run_cli(["generate", "--model", str(model_dir), "--n", "2", "--seed", "0", "--max-length", "10"],
+        result = run_main(["generate", "--model", str(model_dir), "--n", "2", "--seed", "0", "--max-length", "10"],
                          cwd=run.parent.parent)
         assert result.returncode == 0 and len(result.stdout.splitlines()) == 2, result.stderr[-2000:]
 

@@ -9,7 +9,7 @@ from types import SimpleNamespace
 
 import pytest
 import torch
-from conftest import CONFIGS, framed_batch, run_cli, synthetic_sentences, text_overrides
+from conftest import CONFIGS, framed_batch, run_main, synthetic_sentences, text_overrides
 
 from textvae.config import Config, load_config
 from textvae.errors import UserError
@@ -259,7 +259,7 @@ def test_training_validates_sentences_longer_than_the_model_reads(tmp_path, tiny
     long_line = " ".join(["the cat saw the ball"] * 12)  # 60 words; the model below reads 38
     corpus["valid"] = tmp_path / "valid.txt"
     corpus["valid"].write_text(tiny_corpus["valid"].read_text() + long_line + "\n")
-    result = run_cli(["train", "--config", str(CONFIGS / "debug.yaml"), *text_overrides(corpus),
+    result = run_main(["train", "--config", str(CONFIGS / "debug.yaml"), *text_overrides(corpus),
                       "--model.encoder.max_positions", "40", "--data.max_length", "30", "--trainer.max_epochs", "1",
                       "--eval.iw_samples", "1", "--eval.prior_samples", "5", "--eval.interp_pairs", "2",
                       "--output_dir", "runs/long"], cwd=tmp_path)

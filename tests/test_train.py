@@ -15,7 +15,7 @@ import yaml
 from safetensors.torch import load_file
 
 import textvae
-from conftest import CONFIGS, PTB_DIR, REPO, run_cli
+from conftest import CONFIGS, PTB_DIR, REPO, run_main
 from textvae.api import TextVAE
 from textvae.config import load_config
 from textvae.loggers import AppendingCSVLogger
@@ -33,7 +33,7 @@ QUICK_EVAL = ["--eval.iw_samples", "1", "--eval.prior_samples", "10", "--eval.bl
 
 
 def train(workdir: Path, *extra: str, expect: int = 0):
-    result = run_cli(["train", "--config", DEBUG, "--data.root", str(PTB_DIR), *extra], cwd=workdir)
+    result = run_main(["train", "--config", DEBUG, "--data.root", str(PTB_DIR), *extra], cwd=workdir)
     assert result.returncode == expect, result.stderr[-3000:]
     return result
 
@@ -146,7 +146,7 @@ def test_exported_tokenizer_loads_with_autotokenizer(debug_run):
 
 def test_print_config_is_the_merged_config(debug_run, tmp_path):
     overrides = ["--data.root", str(PTB_DIR), "--model.latent_dim", "16", "--kl.schedule=cyclical"]
-    result = run_cli(["train", "--config", DEBUG, *overrides, "--print_config"], cwd=tmp_path)
+    result = run_main(["train", "--config", DEBUG, *overrides, "--print_config"], cwd=tmp_path)
     assert result.returncode == 0, result.stderr
     printed = yaml.safe_load(result.stdout)
     expected = load_config(DEBUG, overrides).to_dict()

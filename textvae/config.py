@@ -30,6 +30,18 @@ def _require(ok: bool, key: str, message: str, value: Any) -> None:
         raise UserError(f"config: {key} {message}, got {value!r}")
 
 
+def choices(cls: type, name: str) -> tuple:
+    """The values field `name` of config dataclass `cls` allows: its `Literal` annotation is the one
+    place each choice list is written."""
+    return typing.get_args(typing.get_type_hints(cls)[name])
+
+
+def _require_choice(config, name: str, key: str) -> None:
+    allowed = choices(type(config), name)
+    value = getattr(config, name)
+    _require(value in allowed, key, f"must be one of {', '.join(map(repr, allowed))}", value)
+
+
 @dataclass
 class SplitNames:
     train: str = "train"  # the dataset's split that trains
@@ -63,6 +75,8 @@ class DataConfig:
     num_workers: int = 0  # DataLoader workers, and processes that tokenise a corpus into the cache (0: one)
 
     def __post_init__(self):
+        _require_choice(self, "dataset", "data.dataset")
+        _require_choice(self, "tokenizer", "data.tokenizer")
         _require(self.vocab_size >= 260, "data.vocab_size", "must be >= 260", self.vocab_size)
         _require(self.min_frequency >= 1, "data.min_frequency", "must be >= 1", self.min_frequency)
         _require(self.limit is None or self.limit >= 1, "data.limit", "must be >= 1 or null", self.limit)
@@ -91,7 +105,7 @@ class EncoderConfig:
     lr_scale: float = 1.0  # pretrained: its weights train at optim.lr times this (fine-tuning wants less)
 
     def __post_init__(self):
-        _require(self.pooling in ("mean", "cls"), "model.encoder.pooling", "must be 'mean' or 'cls'", self.pooling)
+        _require_choice(self, "pooling", "model.encoder.pooling")
         _require(self.lr_scale > 0, "model.encoder.lr_scale", "must be > 0", self.lr_scale)
         if self.pretrained is None:
             _require(not self.freeze, "model.encoder.freeze", "needs model.encoder.pretrained", self.freeze)
@@ -133,8 +147,7 @@ class DecoderConfig:
     lr_scale: float = 1.0  # pretrained: the LM's weights train at optim.lr times this (fine-tuning wants less)
 
     def __post_init__(self):
-        _require(self.type in ("gru", "transformer", "pretrained"), "model.decoder.type",
-                 "must be 'gru', 'transformer' or 'pretrained'", self.type)
+        _require_choice(self, "type", "model.decoder.type")
         _require(self.lr_scale > 0, "model.decoder.lr_scale", "must be > 0", self.lr_scale)
         if self.type == "pretrained":
             _require(self.pretrained is not None and self.pretrained.strip() != "", "model.decoder.pretrained",
@@ -182,7 +195,7 @@ class ModelConfig:
         _require(0.0 <= self.word_dropout <= 1.0, "model.word_dropout", "must be in [0, 1]", self.word_dropout)
         _require(self.posterior_bn >= 0, "model.posterior_bn", "must be >= 0", self.posterior_bn)
         _require(self.bow_weight >= 0, "model.bow_weight", "must be >= 0", self.bow_weight)
-        _require(self.latent in LATENTS, "model.latent", f"must be one of {', '.join(LATENTS)}", self.latent)
+        _require_choice(self, "latent", "model.latent")
         if self.latent == "none":  # nothing reads z (the encoder section is ignored): refuse what would act on z
             _require(self.bow_weight == 0, "model.bow_weight", "must be 0 with model.latent: none", self.bow_weight)
             _require(self.posterior_bn == 0, "model.posterior_bn", "must be 0 with model.latent: none",
@@ -209,19 +222,16 @@ class OptimConfig:
     min_lr_ratio: float = 0.1  # cosine floor as a fraction of lr
 
     def __post_init__(self):
-        _require(self.optimizer in ("adam", "adamw"), "optim.optimizer", "must be 'adam' or 'adamw'", self.optimizer)
+        _require_choice(self, "optimizer", "optim.optimizer")
         _require(self.lr > 0, "optim.lr", "must be > 0", self.lr)
         _require(self.weight_decay >= 0, "optim.weight_decay", "must be >= 0", self.weight_decay)
         _require(len(self.betas) == 2 and all(0 <= b < 1 for b in self.betas), "optim.betas",
                  "must be two numbers in [0, 1)", self.betas)
         _require(self.warmup_steps >= 0, "optim.warmup_steps", "must be >= 0", self.warmup_steps)
-        _require(self.scheduler in ("constant", "cosine"), "optim.scheduler",
-                 "must be 'constant' or 'cosine'", self.scheduler)
+        _require_choice(self, "scheduler", "optim.scheduler")
         _require(0 <= self.min_lr_ratio <= 1, "optim.min_lr_ratio", "must be in [0, 1]", self.min_lr_ratio)
 
 
-KL_SCHEDULES = ("constant", "linear", "logistic", "cyclical")
-LATENTS = ("gaussian", "none")  # model.latent
 LOGGERS = ("csv", "tensorboard", "wandb", "mlflow")  # trainer.logger names (loggers.py makes them)
 
 
@@ -244,8 +254,7 @@ class KLConfig:
     ae_reset_decoder: bool = True  # after ae_steps the decoder restarts from a fresh initialisation
 
     def __post_init__(self):
-        _require(self.schedule in KL_SCHEDULES, "kl.schedule", f"must be one of {', '.join(KL_SCHEDULES)}",
-                 self.schedule)
+        _require_choice(self, "schedule", "kl.schedule")
         _require(self.max_beta >= 0, "kl.max_beta", "must be >= 0", self.max_beta)
         _require(self.warmup_steps >= 0, "kl.warmup_steps", "must be >= 0", self.warmup_steps)
         _require(self.k > 0, "kl.k", "must be > 0", self.k)
@@ -256,8 +265,7 @@ class KLConfig:
         _require(self.free_bits >= 0, "kl.free_bits", "must be >= 0", self.free_bits)
         _require(self.target_rate is None or self.target_rate > 0, "kl.target_rate", "must be > 0 or null",
                  self.target_rate)
-        _require(self.rate_control in ("beta", "free_bits"), "kl.rate_control", "must be 'beta' or 'free_bits'",
-                 self.rate_control)
+        _require_choice(self, "rate_control", "kl.rate_control")
         _require(self.controller_gain > 0, "kl.controller_gain", "must be > 0", self.controller_gain)
         _require(self.ae_steps >= 0, "kl.ae_steps", "must be >= 0", self.ae_steps)
         _require(0 < self.min_beta <= self.max_beta, "kl.min_beta", f"must be in (0, kl.max_beta={self.max_beta}]",
@@ -288,6 +296,7 @@ class TrainerConfig:
     best_by: Literal["elbo", "rec"] = "elbo"  # best.ckpt and model/: lowest valid elbo, or rec (high-rate models)
 
     def __post_init__(self):
+        _require_choice(self, "best_by", "trainer.best_by")
         _require(self.max_epochs >= -1, "trainer.max_epochs", "must be >= -1", self.max_epochs)
         _require(self.num_nodes >= 1, "trainer.num_nodes", "must be >= 1", self.num_nodes)
         _require(self.gradient_clip_val >= 0, "trainer.gradient_clip_val", "must be >= 0", self.gradient_clip_val)
