@@ -19,7 +19,7 @@ import math
 
 import torch
 
-from benchlib import device_arg, machine
+from textvae.benchmarking import device_arg, machine
 from textvae.api import TextVAE
 from textvae.compress import dequantize_codes, quantize_codes
 from textvae.data import load_corpus

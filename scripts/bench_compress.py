@@ -32,7 +32,7 @@ from pathlib import Path
 
 import torch
 
-from benchlib import device_arg, machine
+from textvae.benchmarking import device_arg, machine
 from textvae.api import TextVAE
 from textvae.compress import HEADER_SIZE, classify, compress_with_startup, fingerprint, parts_of, split_lines
 from textvae.evaluate import score_ids

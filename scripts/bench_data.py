@@ -35,10 +35,9 @@ import sys
 import time
 from pathlib import Path
 
-REPO = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(REPO / "scripts"))
+from textvae.benchmarking import machine
 
-from benchlib import machine  # noqa: E402
+REPO = Path(__file__).resolve().parents[1]
 
 # Runs the CLI with the training step replaced by one that reports the time and exits.
 FIRST_BATCH = """

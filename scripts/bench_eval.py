@@ -19,7 +19,7 @@ import time
 import torch
 
 from textvae.api import TextVAE
-from benchlib import device_arg, machine, matmul_gflops, model_flops_per_token, synchronize
+from textvae.benchmarking import device_arg, machine, matmul_gflops, model_flops_per_token, synchronize
 from textvae.config import load_config
 from textvae.data import load_corpus
 from textvae.model import VAE

@@ -19,7 +19,7 @@ import time
 import torch
 
 from textvae.api import TextVAE, autocast
-from benchlib import NoEOS, device_arg, machine, synchronize
+from textvae.benchmarking import NoEOS, device_arg, machine, synchronize
 from textvae.config import load_config
 from textvae.generate import decode_codes
 from textvae.model import VAE

@@ -20,7 +20,7 @@ from pathlib import Path
 
 import torch
 
-from benchlib import NoEOS
+from textvae.benchmarking import NoEOS
 from textvae.config import DecoderConfig, ModelConfig
 from textvae.generate import decode_codes
 from textvae.model import VAE

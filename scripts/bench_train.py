@@ -7,7 +7,7 @@ tokens_per_s counts predicted non-pad tokens (words + <eos>) of the timed steps;
 achieved model FLOP/s over the fp32 matmul rate measured in the same run (mfu_bf16: over the
 bf16 rate). --unbucketed uses random padded batches; --both runs bucketed then unbucketed in
 one process and adds their ratio. With model.encoder.pretrained the FLOPs include the HF
-encoder's (benchlib.pretrained_encoder_flops_per_token: forward only when it is frozen).
+encoder's (textvae.benchmarking.pretrained_encoder_flops_per_token: forward only when it is frozen).
 --device (auto, cpu, cuda, cuda:N or mps) trains on that one device instead of the config's
 trainer.accelerator/devices, and the matmul rate behind MFU is measured there.
 """
@@ -23,7 +23,7 @@ import lightning as L
 import torch
 from lightning.pytorch.callbacks import Callback
 
-from benchlib import (device_arg, machine, matmul_gflops, model_flops_per_token, peak_rss_mb,
+from textvae.benchmarking import (device_arg, machine, matmul_gflops, model_flops_per_token, peak_rss_mb,
                       pretrained_decoder_flops_per_token, pretrained_encoder_flops_per_token, synchronize)
 from textvae.config import load_config
 from textvae.data import load_corpus, make_loader

@@ -21,8 +21,7 @@ from conftest import CONFIGS, PTB_DIR, REPO, framed_batch
 from textvae.config import load_config
 from textvae.model import VAE
 
-sys.path.insert(0, str(REPO / "scripts"))
-from benchlib import model_flops_per_token  # noqa: E402  (beside the scripts, not in the package)
+from textvae.benchmarking import model_flops_per_token
 
 
 def run_script(name: str, *args: str) -> list[dict]:

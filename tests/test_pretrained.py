@@ -222,13 +222,10 @@ def test_an_export_without_its_encoder_folder_is_refused_in_one_line(runs, tmp_p
 
 def test_bench_flop_count_of_a_pretrained_encoder_matches_torchs_counter(tiny_models, word_tokenizer, single_thread):
     """The encoder FLOPs behind bench_train.py's MFU, against torch's count on the real module."""
-    import sys
-
     from torch.nn.attention import SDPBackend, sdpa_kernel
     from torch.utils.flop_counter import FlopCounterMode
 
-    sys.path.insert(0, str(CONFIGS.parent / "scripts"))
-    from benchlib import pretrained_encoder_flops_per_token
+    from textvae.benchmarking import pretrained_encoder_flops_per_token
 
     config = encoder_config(tiny_models["bert"])
     model = VAE(config, word_tokenizer.get_vocab_size(), word_tokenizer, load_parts(config)).train()

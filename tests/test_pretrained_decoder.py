@@ -291,7 +291,6 @@ def test_bench_lm_cache_reports_both_cases_and_identical_outputs(tiny_lms, monke
     monkeypatch.setattr("sys.argv", ["bench_lm_cache.py", "--lm", str(tiny_lms["llama"]), "--codes", "2",
                                      "--max-length", "5"])
     scripts = CONFIGS.parent / "scripts"
-    monkeypatch.syspath_prepend(str(scripts))  # as `python scripts/bench_lm_cache.py` would (for benchlib)
     runpy.run_path(str(scripts / "bench_lm_cache.py"), run_name="__main__")
     lines = [json.loads(line) for line in capsys.readouterr().out.splitlines()]
     assert [line.get("use_cache") for line in lines[:2]] == [True, False] and lines[2] == {"identical": True}
@@ -323,14 +322,11 @@ def test_scratch_lm_predicts_the_native_decoders_vocabulary(tmp_path, tiny_corpu
 
 @pytest.mark.parametrize("kind", ["gpt2", "llama"])
 def test_bench_flops_count_the_lm_matrix_weights_torch_counts(tiny_lms, kind, single_thread):
-    # The weight part of benchlib's estimate against torch's FLOP counter on one unpadded sentence:
+    # The weight part of textvae.benchmarking's estimate against torch's FLOP counter on one unpadded sentence:
     # every matrix product of the decoder and its LM head, less z's per-sentence projections.
-    import sys
-
     from torch.utils.flop_counter import FlopCounterMode
 
-    sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "scripts"))
-    from benchlib import pretrained_decoder_flops_per_token
+    from textvae.benchmarking import pretrained_decoder_flops_per_token
 
     model, tokenizer = lm_model(tiny_lms[kind])
     inputs = batch(tokenizer, SENTENCES[:1])[:, :-1]

@@ -1,7 +1,6 @@
-"""Measurement helpers shared by the benchmark scripts: machine facts, matmul rate, model FLOPs.
-
-Lives beside the scripts, not in the package: `python scripts/bench_*.py` puts this directory
-first on `sys.path`, so they `import benchlib`.
+"""Measurement helpers shared by the benchmark scripts (scripts/bench_*.py) and their tests:
+machine facts, matmul rate, model FLOPs. In the package so that scripts and tests import it as
+`textvae.benchmarking`, whatever the working directory; nothing else in the package uses it.
 
 `model_flops_per_token` counts 6 x the weights each predicted token touches (forward 2, backward
 4) plus attention score/value terms; embedding lookups are not matrix multiplies and are left
