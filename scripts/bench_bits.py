@@ -21,7 +21,7 @@ import torch
 
 from textvae.benchmarking import device_arg, machine
 from textvae.api import TextVAE
-from textvae.compress import dequantize_codes, quantize_codes
+from textvae.quantize import dequantize_codes, quantize_codes
 from textvae.data import load_corpus
 from textvae.metrics import corpus_bleu, exact_share
 from textvae.tokenizer import decode_ids

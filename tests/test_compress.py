@@ -15,8 +15,9 @@ import torch
 
 from conftest import REPO, run_main, synthetic_sentences
 from textvae import TextVAE
-from textvae.compress import (FORMAT_VERSION, HEADER_SIZE, MAGIC, classify, compress_with_startup, dequantize_codes,
-                              fingerprint, parts_of, quantize_codes, split_lines)
+from textvae.compress import (FORMAT_VERSION, HEADER_SIZE, MAGIC, classify, compress_with_startup, fingerprint,
+                              parts_of, split_lines)
+from textvae.quantize import dequantize_codes, quantize_codes
 from textvae.errors import UserError
 from textvae.tokenizer import pad_batch
 

@@ -133,7 +133,7 @@ def cmd_reconstruct(args, rest) -> None:
 def cmd_encode(args, rest) -> None:
     lines = read_input_lines(args.input)
     if args.bits is not None:
-        from textvae.compress import check_bits
+        from textvae.quantize import check_bits
 
         check_bits(args.bits)
     vae = _load(args)
@@ -149,7 +149,7 @@ def cmd_encode(args, rest) -> None:
 
 def _save_codes(path: Path, codes, bits: int | None) -> None:
     """float32 codes as .npy, or with `bits` an .npz archive (under the name given) of the packed
-    B-bit codes and B (compress.quantize_codes)."""
+    B-bit codes and B (quantize.quantize_codes)."""
     import numpy as np
 
     if bits is None:
@@ -157,7 +157,7 @@ def _save_codes(path: Path, codes, bits: int | None) -> None:
         return
     import torch
 
-    from textvae.compress import quantize_codes
+    from textvae.quantize import quantize_codes
 
     with open(path, "wb") as handle:
         np.savez(handle, packed=quantize_codes(torch.from_numpy(codes), bits), bits=bits)
@@ -174,7 +174,7 @@ def cmd_decode(args, rest) -> None:
         raise UserError(f"cannot read codes from {args.codes} ({error})") from None
     vae = _load(args)
     if isinstance(codes, np.lib.npyio.NpzFile):
-        from textvae.compress import dequantize_codes
+        from textvae.quantize import dequantize_codes
 
         codes = dequantize_codes(packed, bits, vae.latent_dim)
     _emit(vae.decode(codes, **_decoding(args)), args.format)

@@ -34,7 +34,6 @@ checkpoint, `metrics.json` (the metrics of docs/metrics.md on valid and test), `
 
 from __future__ import annotations
 
-import csv
 import json
 import logging
 import os
@@ -58,6 +57,7 @@ from textvae.device import resolve_device
 from textvae.errors import Interrupted, UserError
 from textvae.files import atomic_path, atomic_write_text
 from textvae.loggers import make_loggers, resolve_loggers, trim_log
+from textvae.plots import plot_curves
 from textvae.pretrained import load_parts, text_tokenizer
 from textvae.evaluate import PRIOR_STRATEGY, evaluate, training_sentences
 from textvae.system import TextDataModule, VAESystem
@@ -290,42 +290,3 @@ def point_latest(run_dir: Path) -> None:
     latest.parent.mkdir(exist_ok=True)
     with atomic_path(latest) as tmp:
         tmp.symlink_to(run_dir.resolve(), target_is_directory=True)
-
-
-def plot_curves(metrics_csv: Path, out: Path) -> None:
-    """ELBO, rec, KL and beta against steps from the CSV log (skipped without matplotlib)."""
-    try:
-        import matplotlib
-
-        matplotlib.use("Agg")
-        import matplotlib.pyplot as plt
-    except ImportError:
-        log.warning("matplotlib is not installed: curves.png not written (pip install matplotlib)")
-        return
-    if not metrics_csv.is_file():
-        return
-    with open(metrics_csv, newline="") as handle:
-        rows = list(csv.DictReader(handle))
-
-    def series(key):
-        points = [(int(r["step"]), float(r[key])) for r in rows if r.get(key)]
-        return [p[0] for p in points], [p[1] for p in points]
-
-    figure, axes = plt.subplots(1, 4, figsize=(16, 3.5))
-    for axis, name in zip(axes, ("elbo", "rec", "kl", "beta")):
-        steps, values = series(f"train/{name}")
-        # Length-bucketed batches make per-batch values jump with sentence length: show a running mean.
-        window = max(1, len(values) // 8)
-        smooth = [sum(values[max(0, i - window + 1): i + 1]) / len(values[max(0, i - window + 1): i + 1])
-                  for i in range(len(values))]
-        axis.plot(steps, smooth, lw=1.0, label=f"train (mean of {window})")
-        if name != "beta":
-            steps, values = series(f"valid/{name}")
-            axis.plot(steps, values, "o-", label="valid")
-        axis.set_title(name if name == "beta" else f"{name} (nats/sentence)")
-        axis.set_xlabel("step")
-        axis.legend()
-    figure.tight_layout()
-    with atomic_path(out, suffix=".png") as tmp:
-        figure.savefig(tmp, dpi=100)
-    plt.close(figure)
