@@ -544,7 +544,7 @@ def test_hf_save_to_disk_folder_gives_the_same_corpus_as_the_text_files(tmp_path
 
 
 def test_token_ids_live_in_a_memory_mapped_cache_file_that_a_second_load_reuses(tmp_path, monkeypatch):
-    import textvae.data as data
+    import textvae.data.cache as data
 
     folder = save_dataset_dict(tmp_path / "saved", train=synthetic_sentences(200, 0),
                                validation=synthetic_sentences(20, 1), test=synthetic_sentences(20, 2))
@@ -661,7 +661,7 @@ def test_vectorised_sampler_gives_the_batches_of_the_plain_rule(count, batch_siz
 def test_the_training_hash_set_is_built_once_per_corpus_and_tokenizer(tmp_path, monkeypatch):
     """Novelty's hash set comes from the tokenisation cache: reused by a second load of the same
     corpus and tokenizer, rebuilt for another tokenizer or changed training text."""
-    import textvae.data as data_module
+    import textvae.data.cache as data_module
     from textvae.tokenizer import sentence_hash
 
     monkeypatch.setattr(data_module, "cache_root", lambda: tmp_path / "cache")
