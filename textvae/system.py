@@ -161,7 +161,7 @@ class VAESystem(L.LightningModule):
         optimizer_class = torch.optim.AdamW if optim.optimizer == "adamw" else torch.optim.Adam
         optimizer = optimizer_class(self.parameter_groups(), lr=optim.lr, betas=tuple(optim.betas),
                                     weight_decay=optim.weight_decay)
-        # A run with no end (max_epochs and max_steps -1) has no cosine horizon; config.py rejects
+        # A run with no end (max_epochs and max_steps -1) has no cosine horizon; the config schema rejects
         # that combination, and a constant schedule never reads `total`.
         steps = self.trainer.estimated_stepping_batches if self._trainer is not None else 1
         total = max(1, int(steps)) if math.isfinite(steps) else 1
