@@ -16,6 +16,17 @@ replacement) from PTB train, with PTB valid and test as they are, and runs `text
 - with --ddp: `ddp2_peak_rss_per_rank_mb`, the largest rank's peak of the same run on 2 CPU
   processes (DDP with gloo), to set against `peak_rss_mb`.
 
+--end-of-run runs instead exactly this, for each N of --sizes (PTB train repeated into one file of N
+lines), cold (an empty HF datasets cache) and then warm, in fresh processes:
+
+    textvae train --config configs/debug.yaml --data.limit null --data.dataset text \
+      --data.train_file bigN.txt --data.valid_file data/ptb/ptb.valid.txt \
+      --data.test_file data/ptb/ptb.valid.txt --trainer.max_steps 20 --trainer.max_epochs 1 \
+      --trainer.limit_val_batches 2 --eval.iw_samples 1 --output_dir runs/sN --overwrite
+
+and reports each run's wall time and peak RSS, with the largest size's peak RSS and warm time over
+the smallest's: end-of-run work that does not grow with the corpus keeps both near 1.
+
 --source DIR measures the textvae package in another checkout (put first on PYTHONPATH), so
 the same script gives the before and after figures of a change on one machine, in one sitting.
 The corpora stay under WORK/corpora for the next sitting; caches and runs are removed (--keep
@@ -106,6 +117,47 @@ def first_batch(files, folder: Path, env: dict) -> tuple[float, float]:
     return json.loads(report.read_text())["seconds"], rss
 
 
+def repeated_corpus(folder: Path, size: int) -> Path:
+    """PTB train repeated (in order) into one file of `size` lines."""
+    folder.mkdir(parents=True, exist_ok=True)
+    path = folder / f"big{size}.txt"
+    if not path.is_file() or sum(1 for _ in open(path, "rb")) != size:
+        lines = (REPO / "data" / "ptb" / "ptb.train.txt").read_text().splitlines(keepends=True)
+        partial = path.with_suffix(".partial")
+        with open(partial, "w") as out:
+            for start in range(0, size, len(lines)):
+                out.writelines(lines[: min(len(lines), size - start)])
+        os.replace(partial, path)
+    return path
+
+
+def end_of_run(args, env: dict, results: dict) -> None:
+    valid = str(args.valid)
+    for size in sorted(args.sizes):
+        folder = args.work / f"end_of_run_{size}"
+        train = repeated_corpus(args.work / "corpora", size)
+        cache = folder / "hf_cache"
+        shutil.rmtree(cache, ignore_errors=True)
+        folder.mkdir(parents=True, exist_ok=True)
+        command = [sys.executable, "-m", "textvae.cli", "train", "--config", str(REPO / "configs" / "debug.yaml"),
+                   "--data.limit", "null", "--data.dataset", "text", "--data.train_file", str(train),
+                   "--data.valid_file", valid, "--data.test_file", valid, "--trainer.max_steps", str(args.steps),
+                   "--trainer.max_epochs", "1", "--trainer.limit_val_batches", "2", "--eval.iw_samples", "1",
+                   "--output_dir", str(folder / "runs" / f"s{size}"), "--overwrite"]
+        entry = {}
+        for kind in ("cold", "warm"):
+            seconds, rss = measure_in_fresh_interpreter(command, {**env, "HF_DATASETS_CACHE": str(cache)}, folder)
+            entry.update({f"{kind}_s": round(seconds, 1), f"{kind}_peak_rss_mb": round(rss)})
+        results["sizes"][str(size)] = entry
+        print(json.dumps({"size": size, **entry}), file=sys.stderr, flush=True)
+        if not args.keep:
+            shutil.rmtree(folder, ignore_errors=True)
+    smallest, largest = (results["sizes"][str(size)] for size in (min(args.sizes), max(args.sizes)))
+    peak = lambda entry: max(entry["cold_peak_rss_mb"], entry["warm_peak_rss_mb"])  # noqa: E731
+    results["rss_ratio_largest_to_smallest"] = round(peak(largest) / peak(smallest), 2)
+    results["warm_time_ratio_largest_to_smallest"] = round(largest["warm_s"] / smallest["warm_s"], 2)
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--sizes", type=int, nargs="+", default=[1_000_000, 5_000_000])
@@ -113,6 +165,11 @@ def main() -> None:
     parser.add_argument("--source", type=Path, default=None, help="a textvae checkout to measure instead")
     parser.add_argument("--ddp", action="store_true", help="also run 2 DDP processes on the smallest size")
     parser.add_argument("--keep", action="store_true", help="keep the corpora and caches")
+    parser.add_argument("--end-of-run", action="store_true",
+                        help="time whole runs on PTB train repeated to each size, cold and warm (see above)")
+    parser.add_argument("--steps", type=int, default=20, help="--end-of-run: training steps (20 as measured)")
+    parser.add_argument("--valid", type=Path, default=REPO / "data" / "ptb" / "ptb.valid.txt",
+                        help="--end-of-run: the valid and test file (PTB valid as measured)")
     args = parser.parse_args()
     env = {**os.environ, "PYTHONWARNINGS": "ignore", "TOKENIZERS_PARALLELISM": "true"}
     if args.source is not None:
@@ -121,6 +178,11 @@ def main() -> None:
     commit = subprocess.run(["git", "-C", str(source), "rev-parse", "--short", "HEAD"], capture_output=True,
                             text=True).stdout.strip()
     results = {"bench": "data", "source": str(source), "commit": commit, "machine": machine(), "sizes": {}}
+    if args.end_of_run:
+        results["bench"] = "data_end_of_run"
+        end_of_run(args, env, results)
+        print(json.dumps(results))
+        return
     for size in args.sizes:
         folder = args.work / str(size)
         files = write_corpus(args.work / "corpora" / str(size), size)

@@ -55,6 +55,22 @@ def test_bench_data_reports_start_up_times_and_memory_per_size(tmp_path):
     assert not (tmp_path / "3000").exists()  # runs and caches removed, corpora kept
 
 
+@pytest.mark.slow
+@pytest.mark.skipif(not (PTB_DIR / "ptb.train.txt").exists(), reason="PTB not linked (run scripts/get_data.sh)")
+def test_bench_data_end_of_run_times_whole_runs_cold_and_warm_per_size(tmp_path):
+    valid = tmp_path / "valid.txt"
+    valid.write_text("".join((PTB_DIR / "ptb.valid.txt").read_text().splitlines(keepends=True)[:40]))
+    (out,) = run_script("bench_data.py", "--end-of-run", "--sizes", "500", "1200", "--steps", "2",
+                        "--valid", str(valid), "--work", str(tmp_path))
+    assert out["bench"] == "data_end_of_run" and set(out["sizes"]) == {"500", "1200"}
+    for entry in out["sizes"].values():
+        assert all(entry[key] > 0 for key in ("cold_s", "warm_s", "cold_peak_rss_mb", "warm_peak_rss_mb"))
+    peak = {size: max(e["cold_peak_rss_mb"], e["warm_peak_rss_mb"]) for size, e in out["sizes"].items()}
+    assert out["rss_ratio_largest_to_smallest"] == pytest.approx(peak["1200"] / peak["500"], abs=0.01)
+    lines = (tmp_path / "corpora" / "big1200.txt").read_text().splitlines()
+    assert lines[:1000] == (PTB_DIR / "ptb.train.txt").read_text().splitlines()[:1000] and len(lines) == 1200
+
+
 def test_bench_bits_reports_reconstructions_per_code_size(gru_run):
     from textvae.api import TextVAE
     from textvae.metrics import corpus_bleu
