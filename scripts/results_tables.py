@@ -116,6 +116,11 @@ def headline(entries: dict) -> str:
         t = entry["test"]
         rows.append([label, nll_k(t), f(t["elbo"]), f(t["kl"]), t["au"], f(t["rec_bleu"], 1),
                      compressed(entries, "compress_ptb_2parts") if name == "ptb" else "—", hardware(entry)])
+    if "ptb_smollm2_kl15" in entries:  # the pretrained-decoder row, at its own estimator
+        entry = entries["ptb_smollm2_kl15"]
+        t = entry["test"]
+        rows.append(["pretrained LM decoder: MiniLM + SmolLM2-135M, `configs/ptb_smollm2.yaml`",
+                     nll_k(t), f(t["elbo"]), f(t["kl"]), t["au"], f(t["rec_bleu"], 1), "—", hardware(entry)])
     small = entries["compress_ptb_small_256lanes"]
     rows.append(["small low-rate compressor: `configs/ptb_small.yaml`, `--lanes 256`", "—",
                  f(small["ptb_test"]["elbo_nats_per_line"]) + " (one sample)", "—", "—", "—",

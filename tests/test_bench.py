@@ -1,5 +1,5 @@
-"""The benchmark scripts run and print the JSON fields the speed issue and README rely on, and
-their FLOP count agrees with torch's own count on the real model.
+"""The benchmark scripts run and print the JSON fields that docs/performance.md and docs/results/
+rely on, and their FLOP count agrees with torch's own count on the real model.
 
 Tiny settings only: these check the scripts work and report what they claim, not how fast
 anything is (timings never go into tests).
