@@ -411,7 +411,3 @@ class VAE(nn.Module):
             seen.add(key)
         return tied
 
-
-def count_parameters(module: nn.Module) -> int:
-    return sum(p.numel() for p in module.parameters())
-
