@@ -57,7 +57,7 @@ class Encoder(nn.Module):
         self.to_posterior = nn.Linear(config.width, 2 * latent_dim)
 
     def forward(self, tokens: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        # Callers cut longer sentences where they tokenise them (TextVAE.clip_to_model, counted and
+        # Callers cut longer sentences where they tokenise them (TrainedModel.clip_to_model, counted and
         # warned); cutting them here would hide it.
         if tokens.size(1) > self.max_positions:
             raise ValueError(f"sequence of {tokens.size(1)} tokens is longer than "

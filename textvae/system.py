@@ -1,5 +1,5 @@
 """The Lightning layer: the LightningModule (ELBO objective, KL weight and rate control, word
-dropout, optimizers, logging) and the LightningDataModule over data.py's corpora and loaders.
+dropout, optimizers, logging) and the LightningDataModule over textvae.data's corpora and loaders.
 
 One `_shared_step(batch, stage)` serves train/valid/test and logs `stage/rec`, `stage/kl`,
 `stage/elbo` (nats per sentence, batch-size weighted, so epoch values are per-sentence means

@@ -346,7 +346,7 @@ class Config:
 
     def __post_init__(self):
         # Training sentences must fit the position tables. Longer evaluation sentences are cut to
-        # model.max_words where they are tokenised (TextVAE.clip_to_model), and counted.
+        # model.max_words where they are tokenised (TrainedModel.clip_to_model), and counted.
         model = self.model
         positions = f"model.encoder.max_positions={model.encoder.max_positions}"
         if model.decoder.type == "transformer":
