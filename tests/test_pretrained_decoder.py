@@ -277,7 +277,8 @@ def test_a_pretrained_encoder_reads_the_lm_vocabulary(tiny_lms, tmp_path, single
     tokenizer = text_tokenizer(parts[1])
     config = ModelConfig(latent_dim=8, encoder=EncoderConfig(pretrained=str(bert)),
                          decoder=DecoderConfig(type="pretrained", pretrained=str(tiny_lms["gpt2"])))
-    model = VAE(config, 0, tokenizer, {"decoder": parts}).eval()
+    encoder = load_hf(str(bert), "model.encoder.pretrained")
+    model = VAE(config, 0, tokenizer, {"decoder": parts, "encoder": encoder}).eval()
     tokens = batch(tokenizer)
     assert model.encoder.texts(tokens) == SENTENCES  # framing and padding dropped, GPT-2's bytes decoded
     mean, logvar = model.encode(tokens)

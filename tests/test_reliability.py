@@ -297,7 +297,7 @@ class _Payload:
 
 def add_payload(checkpoint: Path, marker: Path) -> None:
     state = torch.load(checkpoint, map_location="cpu", weights_only=True)
-    state["callbacks"]["payload"] = _Payload(marker)
+    state.setdefault("callbacks", {})["payload"] = _Payload(marker)  # best.ckpt (weights only) has none
     torch.save(state, checkpoint)
 
 
