@@ -213,7 +213,7 @@ class TrainingSentences:
     samples cost, not what the corpus does.
 
     - Word tokenizer: the ids are the whitespace-separated words, so this is exactly the text
-      definition (`metrics.novelty`: whitespace-normalised samples against training sentences);
+      definition (whitespace-normalised samples against the decoded training sentences);
       an out-of-vocabulary training word and a sampled `<unk>` are the same id, as the decoded
       training text would show `<unk>` for it.
     - BPE and pretrained-LM tokenizers: the ids are the canonical encoding of the text, so a sample
@@ -232,9 +232,10 @@ class TrainingSentences:
             return np.zeros(0, dtype=bool)
         wanted = np.fromiter((sentence_hash(ids) for ids in encode_batch(self.tokenizer, samples)),
                              dtype=np.int64, count=len(samples))
-        positions = np.minimum(np.searchsorted(self.hashes, wanted), max(len(self.hashes) - 1, 0))
-        found = np.asarray(self.hashes[positions]) == wanted if len(self.hashes) else np.zeros(len(wanted), bool)
-        return ~found
+        if not len(self.hashes):
+            return np.ones(len(samples), dtype=bool)
+        positions = np.searchsorted(self.hashes, wanted).clip(max=len(self.hashes) - 1)
+        return np.asarray(self.hashes[positions]) != wanted
 
 
 def training_sentences(vae: "TrainedModel", ids) -> TrainingSentences:
