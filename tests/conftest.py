@@ -24,6 +24,16 @@ OBJECTS = ["the ball", "a red car", "the market", "her friend", "the new house",
 ENDINGS = ["", "yesterday", "in the morning", "again", "at night"]
 
 
+def pytest_configure(config):
+    """Under pytest-xdist (`-n 2`, as pyproject.toml asks) each worker has a core: one torch thread
+    per worker and per process it starts, instead of two threads per worker fighting for both."""
+    if os.environ.get("PYTEST_XDIST_WORKER"):
+        import torch
+
+        os.environ["OMP_NUM_THREADS"] = "1"
+        torch.set_num_threads(1)
+
+
 def synthetic_sentences(count: int, seed: int) -> list[str]:
     rng = random.Random(seed)
     return [" ".join(filter(None, [rng.choice(SUBJECTS), rng.choice(VERBS), rng.choice(OBJECTS),
@@ -57,6 +67,16 @@ def single_thread():
     torch.set_num_threads(threads)
 
 
+@pytest.fixture
+def cpu_bf16(monkeypatch):
+    """This CPU as one with bfloat16 instructions, so that bf16 paths run (slowly on AVX2) rather
+    than falling back to float32; returns a setter that makes it one without them."""
+    import textvae.device
+
+    monkeypatch.setattr(textvae.device, "_cpu_bf16", lambda: True)
+    return lambda native: monkeypatch.setattr(textvae.device, "_cpu_bf16", lambda: native)
+
+
 @pytest.fixture(scope="session")
 def tiny_corpus(tmp_path_factory) -> dict[str, Path]:
     """train/valid/test files of a small synthetic grammar (one sentence per line)."""
@@ -81,7 +101,7 @@ def run_cli(args: list[str], cwd: Path, timeout: float = 300, env_update: dict |
     (`env_update`: extra environment variables). For what the process boundary is part of:
     signals, start-up imports, concurrent runs; otherwise `run_main` is the same, cheaper."""
     env = {**os.environ, "PYTHONWARNINGS": "ignore", **(env_update or {})}
-    return subprocess.run([sys.executable, "-m", "textvae.cli", *args], cwd=cwd, env=env, capture_output=True,
+    return subprocess.run([sys.executable, "-m", "textvae", *args], cwd=cwd, env=env, capture_output=True,
                           text=True, timeout=timeout, **kwargs)
 
 

@@ -208,7 +208,7 @@ def test_unknown_words_warn_and_map_to_unk(vae, textvae_log):
     assert not [r for r in textvae_log.records if r.levelno >= logging.WARNING]  # known words: no warning
 
 
-def test_bf16_precision_runs_every_operation_close_to_float32(vae, tmp_path):
+def test_bf16_precision_runs_every_operation_close_to_float32(vae, tmp_path, cpu_bf16):
     path = tmp_path / "model"
     vae.save_pretrained(path)
     fast = TextVAE.from_pretrained(path, precision="bf16")

@@ -108,6 +108,10 @@ def test_bench_eval_reports_seconds_and_mfu_and_says_when_it_extrapolates(gru_ru
     assert out["sentences"] == 10 and out["extrapolated"] is True
     assert out["seconds"] > out["seconds_measured"] > 0  # scaled up to the whole test split
     assert out["mfu"] > 0 and out["nll"] > 0
+    assert out["mfu_peak"] == pytest.approx(out["mfu"] * out["matmul_gflops_fp32"]
+                                            / max(out["matmul_gflops_fp32"], out["matmul_gflops_bf16"]))
+    assert out["precision"] == out["precision_requested"] == "32"
+    assert isinstance(out["machine"]["cpu_bf16"], bool) and out["machine"]["cpu_capability"]
 
 
 FLOP_CASES = [

@@ -4,6 +4,7 @@ evaluation and the benchmarks. The logic is tested on the CPU; tests that need C
 from __future__ import annotations
 
 import json
+import logging
 import subprocess
 import sys
 from pathlib import Path
@@ -72,7 +73,32 @@ def test_cuda_resolves_to_an_indexed_device_with_tf32_matmuls():
         torch.set_float32_matmul_precision(previous)
 
 
+def test_bf16_is_native_on_cuda_only_with_support_and_on_the_cpu_as_onednn_says(monkeypatch, cpu_bf16):
+    monkeypatch.setattr(torch.cuda, "is_bf16_supported", lambda: False)
+    assert not textvae.device.fast_bf16(torch.device("cuda", 0))
+    for native in (True, False):
+        cpu_bf16(native)
+        assert textvae.device.fast_bf16(torch.device("cpu")) is native
+    monkeypatch.undo()
+    flags = textvae.device._cpu_flags()
+    if flags:  # Linux: AVX-512 or bf16 instructions are what oneDNN needs for fast bf16
+        assert textvae.device._cpu_bf16() == bool(flags & {"avx512f", "avx512_bf16", "amx_bf16", "bf16"})
+
+
 # ------------------------------------------------------------------------------------ the API
+def test_bf16_falls_back_to_float32_with_one_warning_where_the_cpu_emulates_it(gru_run, cpu_bf16):
+    cpu_bf16(False)
+    lines = "\n".join(SENTENCES) + "\n"
+    result = run_main(["reconstruct", "--precision", "bf16", "--device", "cpu", "--model", str(gru_run)], cwd=gru_run,
+                      input=lines)
+    exact = run_main(["reconstruct", "--device", "cpu", "--model", str(gru_run)], cwd=gru_run, input=lines)
+    assert result.returncode == exact.returncode == 0, result.stderr
+    assert result.stdout == exact.stdout  # float32, byte for byte
+    assert result.stderr.splitlines() == ["textvae: warning: --precision bf16: bfloat16 is emulated on this CPU (its "
+                                          "matrix products run many times slower than float32); running in float32"]
+    assert TextVAE.from_pretrained(gru_run, device="cpu", precision="bf16").precision == "32"
+
+
 def test_from_pretrained_resolves_the_device(gru_run, no_accelerators):
     assert TextVAE.from_pretrained(gru_run).device == torch.device("cpu")  # auto
     with pytest.raises(UserError, match="CUDA is not available"):
@@ -186,9 +212,10 @@ def test_real_cli_device_flag(gru_run, cli_inputs):
 
 
 # -------------------------------------------------------------------------------- training
-def test_finish_run_evaluates_on_the_trainers_device(tmp_path, tiny_corpus, monkeypatch):
+def test_finish_run_evaluates_on_the_trainers_device(tmp_path, tiny_corpus, monkeypatch, cpu_bf16, caplog):
     """The end-of-run evaluation and export get the trainer's root device (the GPU of a GPU run),
-    not a CPU of their own; here the trainer's device is the CPU, so the run still finishes."""
+    not a CPU of their own; here the trainer's device is the CPU, so the run still finishes.
+    The CPU is made one without bf16 instructions: bf16-mixed becomes 32-true, with one warning."""
     import lightning as L
 
     import textvae.training
@@ -215,10 +242,16 @@ def test_finish_run_evaluates_on_the_trainers_device(tmp_path, tiny_corpus, monk
     monkeypatch.setattr(textvae.training, "evaluate", evaluate_spy)
     config = load_config(str(CONFIGS / "debug.yaml"), [
         *text_overrides(tiny_corpus), "--output_dir", str(tmp_path / "run"), "--trainer.max_steps", "4",
-        "--trainer.max_epochs", "1", "--eval.iw_samples", "1", "--eval.prior_samples", "10",
+        "--trainer.max_epochs", "1", "--trainer.precision", "bf16-mixed", "--eval.iw_samples", "1",
+        "--eval.prior_samples", "10",
         "--eval.bleu_sentences", "10", "--eval.interp_pairs", "2", "--eval.num_samples_txt", "2"])
-    run_dir = textvae.training.train(config)
-    root_device = trainers[0].strategy.root_device
+    cpu_bf16(False)
+    with caplog.at_level(logging.WARNING, logger="textvae"):
+        run_dir = textvae.training.train(config)
+    assert [str(trainer.precision) for trainer in trainers] == ["32-true"]
+    assert "trainer.precision bf16-mixed: bfloat16 is emulated on this CPU" in caplog.text
+    assert json.loads((run_dir / "run.json").read_text())["precision"] == "32-true"
+    root_device = trainers[-1].strategy.root_device
     assert resolved and all(device is root_device for device in resolved)  # before fit, then in finish_run
     assert len(resolved) == 2
     assert evaluated_on == [torch.device("cpu")] * 2  # valid and test

@@ -15,12 +15,11 @@ import signal
 import subprocess
 import sys
 import time
-from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import pytest
 import torch
-from conftest import CONFIGS, PTB_DIR, run_cli, text_overrides
+from conftest import CONFIGS, PTB_DIR, run_cli, run_main, text_overrides
 
 from textvae import TextVAE
 
@@ -318,24 +317,17 @@ def train_resume_from_truncated_checkpoint(work, corpus):
 
 @pytest.fixture(scope="module")
 def bad_input_runs(tmp_path_factory, gru_run, tiny_corpus) -> dict:
-    """Every case's CLI result and snapshots of its working directory before and after.
-
-    Each command is mostly Python, torch and Lightning start-up, so the cases run a few at a time.
-    """
-    prepared = {}
+    """Every case's CLI result (`textvae.cli.main` in this process: the exit status and the
+    output are the CLI's own; test_a_bad_input_exits_2_from_a_real_process checks the process
+    boundary once) and snapshots of its working directory before and after."""
+    results = {}
     for name, setup in CASES.items():
         work = tmp_path_factory.mktemp(name)
         shutil.copytree(gru_run, work / "runs" / "model")
         args, culprits = setup(work, tiny_corpus)
-        prepared[name] = (work, args, culprits, snapshot(work))
-
-    def run(name):
-        work, args, culprits, before = prepared[name]
-        result = run_cli(args, cwd=work, timeout=180)
-        return result, culprits, before, snapshot(work)
-
-    with ThreadPoolExecutor(max_workers=3) as pool:
-        return dict(zip(prepared, pool.map(run, prepared)))
+        before = snapshot(work)
+        results[name] = (run_main(args, cwd=work), culprits, before, snapshot(work))
+    return results
 
 
 @pytest.mark.parametrize("name", list(CASES))
@@ -349,6 +341,12 @@ def test_bad_input_gets_one_line_and_exit_2_and_changes_nothing(name, bad_input_
         assert culprit in lines[0]
     assert result.stdout == ""
     assert after == before, "a failed command changed files in its working directory"
+
+
+def test_a_bad_input_exits_2_from_a_real_process(gru_run, tmp_path):
+    result = run_cli(["generate", "--n", "0", "--model", str(gru_run)], cwd=tmp_path, timeout=120)
+    assert result.returncode == 2 and result.stdout == ""
+    assert result.stderr.splitlines() == ["textvae: error: --n must be at least 1, got 0"]
 
 
 @pytest.mark.parametrize("command", [["reconstruct"], ["score", "--iw-samples", "2"]])
@@ -451,12 +449,12 @@ def test_signal_saves_checkpoint_and_exits_128_plus_signal(tmp_path, tiny_corpus
 
 def test_pickled_payload_in_the_best_checkpoint_is_refused_at_the_end_of_a_run(tmp_path, tiny_corpus):
     args = train_args(tiny_corpus, "--trainer.max_epochs", "1", *SMALL_EVAL, overwrite=False)
-    assert run_cli(args, cwd=tmp_path).returncode == 0
+    assert run_main(args, cwd=tmp_path).returncode == 0
     run_dir, marker = tmp_path / "runs" / "model", tmp_path / "payload-ran"
     add_payload(run_dir / "checkpoints" / "best.ckpt", marker)
     exported = {p.relative_to(run_dir): p.read_bytes() for p in (run_dir / "model").rglob("*") if p.is_file()}
     # Resumed at its last step, the run trains no further and exports best.ckpt, which it did not write.
-    result = run_cli([*args, "--resume"], cwd=tmp_path)
+    result = run_main([*args, "--resume"], cwd=tmp_path)
     assert result.returncode == 2, result.stderr[-3000:]
     assert "Traceback" not in result.stderr
     lines = result.stderr.splitlines()
@@ -470,7 +468,7 @@ def test_logger_whose_package_is_missing_is_one_line_before_anything_changes(tmp
     missing = next((name for name in ("wandb", "mlflow") if importlib.util.find_spec(name) is None), None)
     if missing is None:
         pytest.skip("wandb and mlflow are both installed")
-    result = run_cli(train_args(tiny_corpus, "--trainer.logger", f"[csv,{missing}]", overwrite=False), cwd=tmp_path)
+    result = run_main(train_args(tiny_corpus, "--trainer.logger", f"[csv,{missing}]", overwrite=False), cwd=tmp_path)
     assert result.returncode == 2, result.stderr[-3000:]
     assert result.stderr.splitlines() == [f"textvae: error: config: trainer.logger {missing} needs the {missing} "
                                           f"package: pip install {missing}"]
@@ -481,7 +479,7 @@ def test_nan_loss_stops_and_keeps_the_exported_model(tmp_path, gru_run, tiny_cor
     run_dir = tmp_path / "runs" / "model"
     shutil.copytree(gru_run, run_dir)
     exported = {p.relative_to(run_dir): p.read_bytes() for p in (run_dir / "model").rglob("*") if p.is_file()}
-    result = run_cli(train_args(tiny_corpus, "--optim.lr", "1e30"), cwd=tmp_path)
+    result = run_main(train_args(tiny_corpus, "--optim.lr", "1e30"), cwd=tmp_path)
     assert result.returncode == 2, result.stderr[-3000:]
     assert "Traceback" not in result.stderr
     message = result.stderr.strip().splitlines()[-1]

@@ -246,6 +246,7 @@ def test_run_json_records_version_and_git_commit(debug_run):
     info = json.loads((debug_run / "run.json").read_text())
     assert info["version"] == textvae.__version__
     assert info["torch"] == torch.__version__ and info["python"] and info["lightning"]
+    assert info["precision"] == "32-true"  # debug.yaml's default
     if not (REPO / ".git").exists():
         assert info["git_commit"] is None and info["git_dirty"] is None
         return

@@ -23,7 +23,7 @@ import time
 import torch
 
 from textvae.config import ModelConfig
-from textvae.device import resolve_device
+from textvae.device import fast_bf16, resolve_device
 from textvae.errors import UserError
 from textvae.model import VAE
 
@@ -36,7 +36,9 @@ def machine() -> dict:
         cpu = names[0] if names else cpu
     except OSError:
         pass
-    info = {"cpu": cpu, "threads": torch.get_num_threads(), "cores": os.cpu_count(), "torch": torch.__version__}
+    info = {"cpu": cpu, "cpu_capability": torch.backends.cpu.get_cpu_capability(),
+            "cpu_bf16": fast_bf16(torch.device("cpu")), "threads": torch.get_num_threads(), "cores": os.cpu_count(),
+            "torch": torch.__version__}
     if torch.cuda.is_available():
         info["gpu"] = torch.cuda.get_device_name(0)
     return info
@@ -65,12 +67,23 @@ def synchronize(device: torch.device) -> None:
 
 def matmul_gflops(dtype: torch.dtype = torch.float32, size: int = 2048, seconds: float = 1.5,
                   device: torch.device = torch.device("cpu")) -> float:
-    """Sustained GFLOP/s of (size x size) @ (size x size) in `dtype` on `device` (on CUDA with the
-    float32 matmul precision in force: TF32 after device.resolve_device)."""
-    a = torch.randn(size, size, device=device).to(dtype)
-    b = torch.randn(size, size, device=device).to(dtype)
-    torch.matmul(a, b)
-    synchronize(device)
+    """Sustained GFLOP/s of (n x n) @ (n x n) in `dtype` on `device` (on CUDA with the float32
+    matmul precision in force: TF32 after device.resolve_device), for n = `size`, or smaller
+    where one product would take over a tenth of `seconds` (n doubles from 256 while it does
+    not): an emulated dtype, such as bf16 on an AVX2 CPU at about 1 GFLOP/s, is measured in
+    about `seconds` too instead of tens of seconds per 2048-wide product."""
+    n = min(256, size)
+    while True:
+        a = torch.randn(n, n, device=device).to(dtype)
+        b = torch.randn(n, n, device=device).to(dtype)
+        torch.matmul(a, b)  # warm-up
+        synchronize(device)
+        start = time.perf_counter()
+        torch.matmul(a, b)
+        synchronize(device)
+        if n >= size or 8 * (time.perf_counter() - start) > seconds / 10:  # 8x: the next size's cost
+            break
+        n = min(2 * n, size)
     count, start = 0, time.perf_counter()
     while time.perf_counter() - start < seconds:
         torch.matmul(a, b)
@@ -78,7 +91,7 @@ def matmul_gflops(dtype: torch.dtype = torch.float32, size: int = 2048, seconds:
         if count % 16 == 0:  # queued GPU work finishes before the clock is read
             synchronize(device)
     synchronize(device)
-    return 2 * size**3 * count / (time.perf_counter() - start) / 1e9
+    return 2 * n**3 * count / (time.perf_counter() - start) / 1e9
 
 
 def _transformer_layer_weights(width: int, feedforward: int) -> int:

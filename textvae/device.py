@@ -14,13 +14,24 @@ the end-of-run evaluation in training.py (with the trainer's root device) and sc
 - On CUDA, float32 matmuls may use TF32 (`torch.set_float32_matmul_precision("high")`): about
   8x the float32 matmul rate on Ampere and later, with 10-bit mantissas in the products and
   float32 sums, which is what Lightning recommends for training and is ample for evaluation.
+- bfloat16 pays only where the hardware has it: `fast_bf16` says whether it does. CPUs without
+  bf16 instructions (AVX2-only x86, such as many AMD EPYC and older Xeon and laptop parts) run
+  bf16 matrix products through a slow emulation, tens of times slower than float32 (measured on
+  a 2-core AVX2 AMD EPYC: about 1 GFLOP/s against 69 per core), so there bf16 falls back to
+  float32 with a warning: `--precision bf16` on the inference commands and
+  `trainer.precision: bf16-*` when training on the CPU.
 """
 
 from __future__ import annotations
 
+import functools
+import logging
+
 import torch
 
 from textvae.errors import UserError
+
+log = logging.getLogger("textvae")
 
 CHOICES = "auto, cpu, cuda, cuda:N or mps"
 
@@ -57,3 +68,40 @@ def resolve_device(device: str | torch.device | None = "auto") -> torch.device:
             raise UserError(f"--device {device}: MPS is not available on this machine (use --device cpu or auto)")
         return torch.device("mps")
     raise UserError(f"--device must be {CHOICES}, got {str(device)!r}")
+
+
+def _cpu_flags() -> set[str]:
+    try:
+        with open("/proc/cpuinfo") as handle:
+            return {flag for line in handle if line.startswith("flags") for flag in line.split(":", 1)[1].split()}
+    except OSError:
+        return set()
+
+
+@functools.cache
+def _cpu_bf16() -> bool:
+    try:  # oneDNN's own test: AVX-512 (bf16 by conversion), AVX512_BF16, AMX, or Arm's bf16
+        return bool(torch.ops.mkldnn._is_mkldnn_bf16_supported())
+    except (AttributeError, RuntimeError):
+        return bool(_cpu_flags() & {"avx512_bf16", "amx_bf16", "avx512f", "bf16"})
+
+
+def fast_bf16(device: torch.device) -> bool:
+    """Whether bfloat16 matrix products on `device` are native (at least as fast as float32):
+    CUDA with bf16 support (Ampere and later), Apple's MPS, a CPU with AVX-512 or bf16
+    instructions; not an AVX2-only CPU, where they are emulated and far slower."""
+    if device.type == "cuda":
+        return torch.cuda.is_bf16_supported()
+    if device.type == "cpu":
+        return _cpu_bf16()
+    return True
+
+
+def bf16_fallback(device: torch.device, what: str) -> bool:
+    """True, after one warning naming `what`, when bfloat16 asked for on `device` should run in
+    float32 instead (see fast_bf16); False where bf16 is native."""
+    if fast_bf16(device):
+        return False
+    log.warning("%s: bfloat16 is emulated on this %s (its matrix products run many times slower than float32); "
+                "running in float32", what, "CPU" if device.type == "cpu" else "GPU")
+    return True

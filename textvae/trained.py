@@ -31,7 +31,7 @@ from typing import Iterator
 import torch
 
 from textvae.config import Config, from_dict
-from textvae.device import resolve_device
+from textvae.device import bf16_fallback, resolve_device
 from textvae.errors import UserError
 from textvae.files import atomic_write_dir, atomic_write_text
 from textvae.generate import STRATEGIES, decode_codes
@@ -70,6 +70,8 @@ class TrainedModel:
         self.config = config
         self.extra = dict(extra or {})
         self.precision = check_precision(precision)
+        if self.precision == "bf16" and bf16_fallback(self.device, "--precision bf16"):
+            self.precision = "32"
         self.max_words = config.model.max_words  # longest sentence (tokens besides <bos>/<eos>) it reads
 
     @property
@@ -88,7 +90,8 @@ class TrainedModel:
         "cuda:N", "mps"; see device.resolve_device), where all its work then runs.
         `precision="bf16"` runs encode/decode/score under bfloat16 autocast on that device: about
         3x faster on CPUs with bf16 units (and on GPUs), with log-likelihoods still summed in
-        float32; greedy outputs can differ from float32 ones where two words are nearly tied."""
+        float32; greedy outputs can differ from float32 ones where two words are nearly tied.
+        Where bf16 is emulated (an AVX2-only CPU, see device.fast_bf16) it warns and runs in float32."""
         check_precision(precision)
         device = resolve_device(device)
         from safetensors import SafetensorError

@@ -1,7 +1,8 @@
 """`train(config) -> run dir`: a Lightning run from a config, its run directory, export and end-of-run evaluation.
 
 A run directory holds `config.yaml`, `run.json` (the textvae version and git commit that
-started or last resumed the run; the commit is null outside a git checkout), `checkpoints/`
+started or last resumed the run, the commit null outside a git checkout, and the precision it
+trains in), `checkpoints/`
 (`best.ckpt`, weights only, by validation ELBO, or by validation rec with `trainer.best_by: rec`;
 `last.ckpt` with the optimizer state for `--resume`, refreshed after every validation and every
 `trainer.checkpoint_every_n_steps`),
@@ -53,7 +54,7 @@ from lightning.pytorch.utilities.exceptions import MisconfigurationException, SI
 
 from textvae.api import TextVAE
 from textvae.config import Config, dump_config
-from textvae.device import resolve_device
+from textvae.device import bf16_fallback, resolve_device
 from textvae.errors import Interrupted, UserError
 from textvae.files import atomic_path, atomic_write_text
 from textvae.loggers import make_loggers, resolve_loggers, trim_log
@@ -164,6 +165,15 @@ def run_info() -> dict:
             "python": platform.python_version(), "torch": torch.__version__, "lightning": L.__version__}
 
 
+def make_trainer(kwargs: dict, **fixed) -> L.Trainer:
+    """A Lightning trainer from the config's `kwargs` and textvae's `fixed` ones; an argument
+    Lightning refuses is a one-line UserError."""
+    try:
+        return L.Trainer(**kwargs, **fixed, use_distributed_sampler=False, enable_model_summary=False)
+    except (ValueError, MisconfigurationException, ModuleNotFoundError) as error:
+        raise UserError(f"config: trainer: {str(error).splitlines()[0]}") from None
+
+
 def train(config: Config, resume: bool = False, overwrite: bool = False) -> Path:
     """Train a model as `config` says; returns the run directory."""
     run_dir = Path(config.output_dir)
@@ -205,17 +215,18 @@ def train(config: Config, resume: bool = False, overwrite: bool = False) -> Path
     kwargs = config.trainer.lightning_kwargs()
     if kwargs["enable_progress_bar"] is None:
         kwargs["enable_progress_bar"] = sys.stderr.isatty()
-    try:
-        trainer = L.Trainer(**kwargs, default_root_dir=run_dir, callbacks=callbacks, logger=loggers,
-                            use_distributed_sampler=False, enable_model_summary=False)
-    except (ValueError, MisconfigurationException, ModuleNotFoundError) as error:
-        raise UserError(f"config: trainer: {str(error).splitlines()[0]}") from None
+    precision = str(kwargs["precision"])
+    on_cpu = kwargs["accelerator"] == "cpu" or (kwargs["accelerator"] == "auto" and resolve_device("auto").type == "cpu")
+    if precision.startswith("bf16") and on_cpu and bf16_fallback(torch.device("cpu"), f"trainer.precision {precision}"):
+        kwargs["precision"] = "32-true"
+    trainer = make_trainer(kwargs, default_root_dir=run_dir, callbacks=callbacks, logger=loggers)
     if not child:  # config, data and trainer settings are good: only now does the run directory change
         if overwrite and resume_from is None:
             for name in ("checkpoints", "logs"):  # model/ stays until a new export replaces it
                 shutil.rmtree(run_dir / name, ignore_errors=True)
         atomic_write_text(run_dir / "config.yaml", dump_config(config))
-        atomic_write_text(run_dir / "run.json", json.dumps(run_info(), indent=2) + "\n")
+        info = {**run_info(), "precision": str(trainer.precision)}  # after a bf16 fallback: 32-true
+        atomic_write_text(run_dir / "run.json", json.dumps(info, indent=2) + "\n")
         if resume_step is not None:
             trim_log(run_dir / "logs" / "metrics.csv", resume_step)  # re-logged from this step on
     resolve_device(trainer.strategy.root_device)  # on CUDA: TF32 float32 matmuls, as Lightning recommends
