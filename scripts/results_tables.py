@@ -349,6 +349,18 @@ def large_corpora(entries: dict) -> str:
                   "after: memory-mapped Arrow cache"], rows)
 
 
+def end_of_run(entries: dict) -> str:
+    data = entries["bench_data_end_of_run"]
+    sizes = data["sizes"]
+    mb = lambda v: f"{v:,} MB"  # noqa: E731
+    rows = [[f"{int(n) // 1_000_000}M", f"{s['cold_s']:.1f} s", f"{s['warm_s']:.1f} s", mb(s["cold_peak_rss_mb"]),
+             mb(s["warm_peak_rss_mb"])] for n, s in sizes.items()]
+    rows.append([f"{int(max(sizes, key=int)) // 1_000_000}M / {int(min(sizes, key=int)) // 1_000_000}M", "—",
+                 f"**{data['warm_time_ratio_largest_to_smallest']:.2f}×**", "peak of both runs:",
+                 f"**{data['rss_ratio_largest_to_smallest']:.2f}×**"])
+    return table(["N = training lines", "whole run, cold", "whole run, warm", "peak RSS, cold", "peak RSS, warm"], rows)
+
+
 def headline_of(entry: dict) -> str:
     """A few figures that identify an entry in the index."""
     if "test" in entry or "valid" in entry:
@@ -370,6 +382,9 @@ def headline_of(entry: dict) -> str:
         return (f"1M sentences: warm first batch {before['first_batch_warm_s']:.1f} → "
                 f"{after['first_batch_warm_s']:.1f} s, peak RSS {before['peak_rss_mb']:,} → "
                 f"{after['peak_rss_mb']:,} MB")
+    if entry.get("name") == "bench_data_end_of_run":
+        return (f"3M/1M lines: warm time {entry['warm_time_ratio_largest_to_smallest']:.2f}×, peak RSS "
+                f"{entry['rss_ratio_largest_to_smallest']:.2f}×")
     return ""
 
 
@@ -387,6 +402,8 @@ def estimator_of(entry: dict) -> str:
         return f"greedy decodes of B-bit codes, first {entry['sentences']:,} {entry['split']} sentences"
     if entry.get("name") == "bench_data":
         return "wall time to the first batch, peak RSS"
+    if entry.get("name") == "bench_data_end_of_run":
+        return "wall time of a whole 20-step run, peak RSS"
     return ""
 
 
@@ -436,7 +453,7 @@ def rate_distortion(entries: dict) -> str:
 
 TABLES = {"rate_distortion": rate_distortion, "index": index, "headline": headline, "ptb": ptb, "ptb_goals": ptb_goals, "rate_sweep": rate_sweep,
           "rate_valid": rate_valid, "diag": diag, "encoders": encoders, "decoder_path": decoder_path,
-          "compression": compression, "bits": bits, "large_corpora": large_corpora}
+          "compression": compression, "bits": bits, "large_corpora": large_corpora, "end_of_run": end_of_run}
 
 
 def documents() -> list[Path]:
