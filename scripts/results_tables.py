@@ -361,6 +361,27 @@ def end_of_run(entries: dict) -> str:
     return table(["N = training lines", "whole run, cold", "whole run, warm", "peak RSS, cold", "peak RSS, warm"], rows)
 
 
+def iw_cpus(entries: dict) -> str:
+    xeon, epyc = entries["bench_eval_xeon"], entries["bench_eval_epyc_avx2"]
+    before, after = epyc["before_k100_bf16_emulated"], epyc["after_k100_float32"]
+    full = epyc["after_bf16_requested"]
+    rows = [
+        [xeon["hardware"], f"`--precision bf16`, K = 500, {xeon['sentences']} sentences", "bf16",
+         f"{xeon['seconds_measured']} s", f"{xeon['seconds'] / 60:.0f} min", f"**{xeon['mfu_peak']:.2f}** (of bf16)"],
+        [epyc["hardware"], f"`--precision bf16`, K = 500, {full['sentences']} sentences", full["precision"],
+         f"{full['seconds_measured']:.0f} s", f"{full['seconds'] / 3600:.1f} h",
+         f"**{full['mfu_peak']:.2f}** (of float32, {full['matmul_gflops_fp32']:.0f} GFLOP/s)"],
+        ["the same EPYC, before the fallback", f"`--precision bf16`, K = {before['iw_samples']}, "
+         f"{before['sentences']} sentences", "bf16, emulated", f"{before['seconds_measured']:.1f} s", "—",
+         f"{before['model_gflops'] / before['matmul_gflops_fp32']:.2f} (of float32; bf16 matmul "
+         f"{before['matmul_gflops_bf16']:.1f} GFLOP/s)"],
+        ["the same EPYC, after", f"the same, K = {after['iw_samples']}, {after['sentences']} sentences",
+         "float32" if after["precision"] == "32" else after["precision"], f"{after['seconds_measured']:.1f} s", "—", f"{after['mfu_peak']:.2f} (of float32)"],
+    ]
+    return table(["CPU", "run", "ran in", "measured", "PTB test (extrapolated)", "MFU of the faster matmul rate"],
+                 rows)
+
+
 def headline_of(entry: dict) -> str:
     """A few figures that identify an entry in the index."""
     if "test" in entry or "valid" in entry:
@@ -382,6 +403,9 @@ def headline_of(entry: dict) -> str:
         return (f"1M sentences: warm first batch {before['first_batch_warm_s']:.1f} → "
                 f"{after['first_batch_warm_s']:.1f} s, peak RSS {before['peak_rss_mb']:,} → "
                 f"{after['peak_rss_mb']:,} MB")
+    if entry.get("name", "").startswith("bench_eval_"):
+        run = entry.get("after_bf16_requested", entry)
+        return f"IW-NLL K = {run['iw_samples']}: MFU {run['mfu_peak']:.2f} of the faster matmul rate"
     if entry.get("name") == "bench_data_end_of_run":
         return (f"3M/1M lines: warm time {entry['warm_time_ratio_largest_to_smallest']:.2f}×, peak RSS "
                 f"{entry['rss_ratio_largest_to_smallest']:.2f}×")
@@ -404,6 +428,8 @@ def estimator_of(entry: dict) -> str:
         return "wall time to the first batch, peak RSS"
     if entry.get("name") == "bench_data_end_of_run":
         return "wall time of a whole 20-step run, peak RSS"
+    if entry.get("name", "").startswith("bench_eval_"):
+        return "IW-NLL throughput on PTB test sentences, K = 500"
     return ""
 
 
@@ -453,7 +479,8 @@ def rate_distortion(entries: dict) -> str:
 
 TABLES = {"rate_distortion": rate_distortion, "index": index, "headline": headline, "ptb": ptb, "ptb_goals": ptb_goals, "rate_sweep": rate_sweep,
           "rate_valid": rate_valid, "diag": diag, "encoders": encoders, "decoder_path": decoder_path,
-          "compression": compression, "bits": bits, "large_corpora": large_corpora, "end_of_run": end_of_run}
+          "compression": compression, "bits": bits, "large_corpora": large_corpora, "end_of_run": end_of_run,
+          "iw_cpus": iw_cpus}
 
 
 def documents() -> list[Path]:

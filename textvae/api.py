@@ -10,7 +10,7 @@ textvae.api`, and with it every CLI command, starts without torchmetrics, constr
 from __future__ import annotations
 
 import dataclasses
-import math
+import logging
 
 import torch
 
@@ -18,6 +18,8 @@ from textvae.errors import UserError
 from textvae.latent import slerp
 from textvae.trained import (FORMAT_VERSION, TrainedModel, autocast, check_decoding, check_precision,
                              resolve_model_dir)
+
+log = logging.getLogger("textvae")
 
 __all__ = ["TextVAE", "evaluate_model", "slerp", "autocast", "check_decoding", "check_precision",
            "resolve_model_dir", "FORMAT_VERSION"]
@@ -41,33 +43,82 @@ class TextVAE(TrainedModel):
         path[0], path[-1] = start, end
         return self.decode(path, **decoding)
 
-    def score(self, sentences: list[str], iw_samples: int | None = None,
-              seed: int = 0) -> tuple[torch.Tensor, torch.Tensor]:
+    def score(self, sentences: list[str], iw_samples: int | None = None, seed: int = 0,
+              by: str | list[str] | None = None):
         """Per-sentence NLL in nats (IW estimate with `iw_samples` codes; 1 = single-sample ELBO) and
         the number of predicted tokens (words + <eos>) of each sentence. `iw_samples` defaults to
-        the K the model's stored anomaly quantiles were computed with (so scores and
-        `anomaly_threshold` are on the same scale), or 100 for a model that stores none."""
+        the K the model's stored validation statistics were computed with (so scores and
+        `anomaly_threshold` are on the same scale), or 100 for a model that stores none.
+
+        With `by` (a score name of anomaly.SCORES, or several), a dict of those anomaly scores
+        instead, float64 tensors, higher = more anomalous; `typicality` uses the validation
+        statistics (`score_stats`)."""
+        from textvae.anomaly import check_scores, raw_scores, with_typicality
         from textvae.evaluate import score_ids
 
+        names = None if by is None else check_scores(by)
         scores = score_ids(self, self.tokenize(sentences), iw_samples or self.default_iw_samples, seed)
-        return scores.nll, scores.tokens.long()
+        if names is None:
+            return scores.nll, scores.tokens.long()
+        values = raw_scores(scores.nll, scores.rec, scores.kl, scores.tokens)
+        if "typicality" in names:
+            values = with_typicality(values, self.score_stats(iw_samples))
+        return {name: torch.from_numpy(values[name]) for name in names}
 
     @property
     def default_iw_samples(self) -> int:
-        return int(self.extra.get("score_quantiles", {}).get("iw_samples", 100))
+        stored = self.extra.get("score_stats") or self.extra.get("score_quantiles") or {}
+        return int(stored.get("iw_samples", 100))
 
-    def anomaly_threshold(self, percentile: float) -> float:
-        """NLL per token at `percentile` of the validation split (stored at export)."""
-        quantiles = self.extra.get("score_quantiles")
-        if not quantiles:
-            raise UserError("score: this model stores no validation quantiles; use --threshold instead")
+    def score_stats(self, iw_samples: int | None = None) -> dict[str, dict]:
+        """Mean, standard deviation and quantiles of every anomaly score on the validation split:
+        stored at export by training, else (a model made before they were stored) computed now
+        from the validation split of the data it was trained on, at `iw_samples` (default: the
+        stored K, else 100), with a line on stderr saying so; cached on the model."""
+        stored = self.extra.get("score_stats")
+        if stored:
+            return stored["scores"]
+        if getattr(self, "_computed_stats", None) is None:
+            from textvae.anomaly import validation_stats
+            from textvae.data import load_corpus
+            from textvae.evaluate import score_ids
+
+            k = iw_samples or self.default_iw_samples
+            corpus, _ = load_corpus(self.config.data, self.tokenizer, splits=("valid",))
+            ids = corpus["valid"].ids
+            log.warning("score: this model stores no validation statistics; computing them from its validation "
+                        "split (%d sentences at K = %d)", len(ids), k)
+            scores = score_ids(self, list(ids), k)
+            self._computed_stats = validation_stats(scores.nll, scores.rec, scores.kl, scores.tokens)
+        return self._computed_stats
+
+    def anomaly_threshold(self, percentile: float, by: str = "nll_per_token") -> float:
+        """Score `by` (default: NLL per token) at `percentile` of the validation split."""
+        from textvae.anomaly import check_scores, percentile_of
+
+        (name,) = check_scores(by)
         if not 0 <= percentile <= 100:
             raise UserError(f"--percentile must be in [0, 100], got {percentile}")
-        values = quantiles["nats_per_token"]
-        position = percentile / 100 * (len(values) - 1)
-        low = math.floor(position)
-        high = min(low + 1, len(values) - 1)
-        return values[low] + (values[high] - values[low]) * (position - low)
+        quantiles = self.extra.get("score_quantiles")  # models made before score_stats store this one score
+        if name == "nll_per_token" and quantiles and not self.extra.get("score_stats"):
+            return percentile_of({name: {"quantiles": quantiles["nats_per_token"]}}, name, percentile)
+        return percentile_of(self.score_stats(), name, percentile)
+
+    def ood_metrics(self, in_domain: list[str], out_of_domain: list[str], by=None, iw_samples: int | None = None,
+                    seed: int = 0) -> dict[str, dict[str, float]]:
+        """AUROC, AUPR and FPR at 95% TPR (anomaly.detection_metrics; out-of-domain lines are the
+        positives) of each score of `by` (default: all of anomaly.SCORES), and of `length`, the
+        number of predicted tokens alone, as the confound check."""
+        from textvae.anomaly import SCORES, check_scores, detection_metrics
+
+        names = check_scores(SCORES if by is None else by)
+        names += [] if "length" in names else ["length"]
+        for side, lines in (("in-domain", in_domain), ("out-of-domain", out_of_domain)):
+            if not lines:
+                raise UserError(f"evaluate-ood: the {side} side has no lines")
+        inside = self.score(in_domain, iw_samples, seed, by=names)
+        outside = self.score(out_of_domain, iw_samples, seed, by=names)
+        return {name: detection_metrics(inside[name].numpy(), outside[name].numpy()) for name in names}
 
     def compress(self, text: str, lanes: int = 64, parts: int = 2) -> bytes:
         """`text` (any str) as a lossless bits-back stream for this model (compress.py, docs/compression.md);

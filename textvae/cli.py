@@ -201,21 +201,54 @@ def cmd_decompress(args, rest) -> None:
 
 
 def cmd_score(args, rest) -> None:
+    from textvae.anomaly import DEFAULT_SCORE, check_scores
+
+    names = check_scores(args.by) if args.by else None
     lines = read_input_lines(args.input)
     vae = _load(args)
+    compared = names[0] if names else DEFAULT_SCORE  # what the threshold and the flag are about
     threshold = args.threshold
     if args.percentile is not None:
-        threshold = vae.anomaly_threshold(args.percentile)
-    nll, tokens = vae.score(lines, iw_samples=args.iw_samples, seed=args.seed)
-    for line, value, count in zip(lines, nll.tolist(), tokens.tolist()):
-        per_token = value / count
-        anomaly = None if threshold is None else per_token > threshold
+        threshold = vae.anomaly_threshold(args.percentile, by=compared)
+    if names is None:  # nll and nll per token, as before --by existed
+        nll, tokens = vae.score(lines, iw_samples=args.iw_samples, seed=args.seed)
+        columns = {"nll": nll.double(), "nll_per_token": nll.double() / tokens}
+    else:
+        columns = vae.score(lines, iw_samples=args.iw_samples, seed=args.seed,
+                            by=list(dict.fromkeys([*names, DEFAULT_SCORE, "length"])))
+        tokens = columns["length"].long()
+    shown = names or ["nll", DEFAULT_SCORE]
+    for row, line in enumerate(lines):
+        anomaly = None if threshold is None else float(columns[compared][row]) > threshold
         if args.format == "jsonl":
-            print(json.dumps({"text": line, "nll": value, "nll_per_token": per_token, "tokens": count,
-                              "anomaly": anomaly}, ensure_ascii=False))
+            print(json.dumps({"text": line, **{name: float(columns[name][row]) for name in shown},
+                              "tokens": int(tokens[row]), "anomaly": anomaly}, ensure_ascii=False))
         else:
             flag = "-" if anomaly is None else ("ANOMALY" if anomaly else "ok")
-            print(f"{value:.3f}\t{per_token:.4f}\t{count}\t{flag}\t{line}")
+            print(f"{float(columns[shown[0]][row]):.3f}\t{float(columns[DEFAULT_SCORE][row]):.4f}\t{int(tokens[row])}\t"
+                  f"{flag}\t{line}")
+
+
+def cmd_evaluate_ood(args, rest) -> None:
+    from textvae.anomaly import SCORES, check_scores
+
+    names = check_scores(args.by or SCORES)
+    sides = {}
+    for flag, source in (("--in-domain", args.in_domain), ("--out-of-domain", args.out_of_domain)):
+        if not Path(source).is_file():
+            raise UserError(f"{flag}: file not found: {source}")
+        sides[flag] = [line for line in read_input_lines(source) if line.strip()]
+        if not sides[flag]:
+            raise UserError(f"{flag}: {source} has no non-empty lines")
+    vae = _load(args)
+    results = vae.ood_metrics(sides["--in-domain"], sides["--out-of-domain"], by=names, iw_samples=args.iw_samples,
+                              seed=args.seed)
+    if args.json:
+        print(json.dumps(results))
+        return
+    print(f"{'score':<14} {'auroc':>7} {'aupr':>7} {'fpr95':>7}")
+    for name, row in results.items():
+        print(f"{name:<14} {row['auroc']:>7.4f} {row['aupr']:>7.4f} {row['fpr95']:>7.4f}")
 
 
 def cmd_evaluate(args, rest) -> None:
@@ -324,8 +357,23 @@ def build_parser() -> argparse.ArgumentParser:
                       help="flag lines above this percentile of the validation split's nats per token")
     score.add_argument("--seed", type=int, default=0, help="random seed of the importance samples")
     score.add_argument("--format", choices=("text", "jsonl"), default="text",
-                       help="text: nll, nll/token, tokens, flag, sentence (tab-separated)")
+                       help="text: nll (or the --by score), nll/token, tokens, flag, sentence (tab-separated)")
+    score.add_argument("--by", nargs="+", metavar="SCORE",
+                       help="anomaly scores (higher = more anomalous): nll, nll_per_token, rate, rec, typicality, "
+                            "length; the first takes the nll column and the threshold, jsonl prints every one "
+                            "(default: nll and nll_per_token, the threshold on nll_per_token)")
     score.set_defaults(handler=cmd_score)
+
+    ood = commands.add_parser("evaluate-ood", parents=[common, model],
+                              help="AUROC, AUPR and FPR@95 of anomaly scores, in-domain vs out-of-domain lines")
+    ood.add_argument("--in-domain", required=True, help="file of in-domain lines (one sentence per line)")
+    ood.add_argument("--out-of-domain", required=True, help="file of out-of-domain lines (the positives)")
+    ood.add_argument("--by", nargs="+", metavar="SCORE", help="scores to report (default: all); length always")
+    ood.add_argument("--iw-samples", type=int, default=None,
+                     help="importance samples K (default: the K of the model's validation statistics, else 100)")
+    ood.add_argument("--seed", type=int, default=0, help="random seed of the importance samples")
+    ood.add_argument("--json", action="store_true", help="one JSON object: score -> auroc, aupr, fpr95")
+    ood.set_defaults(handler=cmd_evaluate_ood)
 
     evaluate = commands.add_parser("evaluate", parents=[common, model], help="the metric table (docs/metrics.md)")
     evaluate.add_argument("--split", default="test", help="train, valid or test")

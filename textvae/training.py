@@ -52,6 +52,7 @@ import torch
 from lightning.pytorch.callbacks import EarlyStopping, ModelCheckpoint, OnExceptionCheckpoint
 from lightning.pytorch.utilities.exceptions import MisconfigurationException, SIGTERMException
 
+from textvae.anomaly import validation_stats
 from textvae.api import TextVAE
 from textvae.config import Config, dump_config
 from textvae.device import bf16_fallback, resolve_device
@@ -283,6 +284,9 @@ def finish_run(run_dir: Path, config: Config, datamodule: TextDataModule, checkp
     quantiles = torch.quantile(per_token, torch.linspace(0, 1, 1001, device=per_token.device)).tolist()
     vae.extra["score_quantiles"] = {"iw_samples": config.eval.iw_samples, "split": "valid",
                                     "sentences": len(per_token), "nats_per_token": [round(q, 5) for q in quantiles]}
+    valid = scores["valid"]
+    vae.extra["score_stats"] = {"iw_samples": config.eval.iw_samples, "split": "valid", "sentences": len(per_token),
+                                "scores": validation_stats(valid.nll, valid.rec, valid.kl, valid.tokens)}
     vae.save_config(run_dir / "model")
     metrics["iw_samples"] = config.eval.iw_samples
     metrics["prior_strategy"] = PRIOR_STRATEGY

@@ -1,0 +1,119 @@
+"""Anomaly scores of sentences, their validation statistics, and how well a score separates
+in-domain from out-of-domain text (AUROC, AUPR, FPR at 95% TPR).
+
+Every score is "higher = more anomalous" and comes from one importance-weighted pass over the
+lines (`evaluate.score_ids`, K codes from q(z|x)); docs/anomaly.md gives each formula and its paper:
+
+- `nll`: -log p(x) in nats (Burda et al. 2016), mostly a measure of length;
+- `nll_per_token`: `nll` over the predicted tokens (words + <eos>), the default;
+- `rate`: KL(q(z|x) || p(z)) in nats, how far the encoder moves the line's code from the prior;
+- `rec`: the reconstruction term -E_q log p(x|z) in nats;
+- `typicality`: |nll_per_token - m| / s with m and s the validation mean and standard deviation
+  (Nalisnick et al. 2019b): two-sided, so that lines more likely than typical are suspect too;
+- `length`: the predicted tokens alone, the confound every other score is checked against.
+
+Statistics (mean, standard deviation and 1,001 quantiles of each score on the validation split)
+are what thresholds and `typicality` rest on; `score_stats` computes them and training stores them
+in the model's config.json.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import torch
+
+from textvae.errors import UserError
+
+SCORES = ("nll", "nll_per_token", "rate", "rec", "typicality", "length")
+DEFAULT_SCORE = "nll_per_token"
+QUANTILES = 1001  # stored per score: the 0th, 0.1st, ..., 100th percentiles
+
+
+def check_scores(names: list[str] | tuple[str, ...] | str) -> list[str]:
+    """`names` (one or several) as a list, each a known score; a UserError naming the first unknown."""
+    names = [names] if isinstance(names, str) else list(names)
+    if not names:
+        raise UserError(f"--by needs at least one score: {', '.join(SCORES)}")
+    for name in names:
+        if name not in SCORES:
+            raise UserError(f"--by must be one of {', '.join(SCORES)}, got {name!r}")
+    return list(dict.fromkeys(names))
+
+
+def raw_scores(nll: torch.Tensor, rec: torch.Tensor, kl: torch.Tensor, tokens: torch.Tensor) -> dict[str, np.ndarray]:
+    """The scores that need no statistics, from one scoring pass (float64 NumPy arrays)."""
+    nll, rec, kl, tokens = (t.detach().double().cpu().numpy() for t in (nll, rec, kl, tokens))
+    return {"nll": nll, "nll_per_token": nll / tokens, "rate": kl, "rec": rec, "length": tokens}
+
+
+def score_stats(scores: dict[str, np.ndarray]) -> dict[str, dict]:
+    """Mean, standard deviation and QUANTILES quantiles of each score (rounded to 5 decimals)."""
+    stats = {}
+    for name, values in scores.items():
+        quantiles = np.quantile(values, np.linspace(0, 1, QUANTILES))
+        stats[name] = {"mean": round(float(values.mean()), 6), "std": round(float(values.std()), 6),
+                       "quantiles": [round(float(q), 5) for q in quantiles]}
+    return stats
+
+
+def validation_stats(nll: torch.Tensor, rec: torch.Tensor, kl: torch.Tensor, tokens: torch.Tensor) -> dict[str, dict]:
+    """`score_stats` of every score on the validation split's scoring pass, `typicality` included
+    (its reference mean and spread are this split's own)."""
+    scores = raw_scores(nll, rec, kl, tokens)
+    stats = score_stats(scores)
+    stats.update(score_stats({"typicality": with_typicality(scores, stats)["typicality"]}))
+    return stats
+
+
+def with_typicality(scores: dict[str, np.ndarray], stats: dict[str, dict]) -> dict[str, np.ndarray]:
+    """`scores` plus `typicality` from the validation mean and spread of `nll_per_token`."""
+    reference = stats["nll_per_token"]
+    spread = reference["std"] if reference["std"] > 0 else 1.0
+    return {**scores, "typicality": np.abs(scores["nll_per_token"] - reference["mean"]) / spread}
+
+
+def percentile_of(stats: dict[str, dict], name: str, percentile: float) -> float:
+    """The `percentile`-th percentile of score `name` on the validation split (linear between
+    the stored quantiles)."""
+    if not 0 <= percentile <= 100:
+        raise UserError(f"--percentile must be in [0, 100], got {percentile}")
+    values = stats[name]["quantiles"]
+    return float(np.interp(percentile / 100 * (len(values) - 1), np.arange(len(values)), values))
+
+
+def detection_metrics(in_domain, out_of_domain) -> dict[str, float]:
+    """How well a score (higher = more anomalous) finds out-of-domain lines (the positives):
+
+    - `auroc`: P(score_out > score_in) + P(tie) / 2, the Mann-Whitney statistic over all pairs;
+    - `aupr`: average precision, sum over distinct thresholds t (descending) of
+      (recall(t) - recall(previous t)) * precision(t), lines with score >= t flagged;
+    - `fpr95`: the share of in-domain lines flagged at the highest threshold that flags at least
+      95% of the out-of-domain lines.
+    Tied scores are one threshold: no order among equal scores is assumed.
+    """
+    negatives = np.asarray(in_domain, dtype=np.float64)
+    positives = np.asarray(out_of_domain, dtype=np.float64)
+    if negatives.size == 0 or positives.size == 0:
+        raise UserError("evaluate-ood: both the in-domain and the out-of-domain side need at least one line")
+    scores = np.concatenate([positives, negatives])
+    labels = np.concatenate([np.ones(positives.size), np.zeros(negatives.size)])
+    # Mann-Whitney through average ranks: ties share their rank.
+    order = np.argsort(scores, kind="stable")
+    sorted_scores = scores[order]
+    _, first, counts = np.unique(sorted_scores, return_index=True, return_counts=True)
+    average_rank = first + (counts + 1) / 2  # 1-based rank shared by each group of ties
+    ranks = np.empty_like(scores)
+    ranks[order] = np.repeat(average_rank, counts)
+    auroc = (ranks[labels == 1].sum() - positives.size * (positives.size + 1) / 2) / (positives.size * negatives.size)
+    # One point per distinct threshold, from the highest down.
+    descending = np.argsort(-scores, kind="stable")
+    sorted_labels, sorted_scores = labels[descending], scores[descending]
+    last_of_group = np.r_[sorted_scores[1:] != sorted_scores[:-1], True]
+    true_positives = np.cumsum(sorted_labels)[last_of_group]
+    flagged = (np.arange(scores.size) + 1)[last_of_group]
+    false_positives = flagged - true_positives
+    recall = true_positives / positives.size
+    precision = true_positives / flagged
+    aupr = float(np.sum(np.diff(np.r_[0.0, recall]) * precision))
+    reached = np.nonzero(recall >= 0.95 - 1e-12)[0][0]
+    return {"auroc": float(auroc), "aupr": aupr, "fpr95": float(false_positives[reached] / negatives.size)}
