@@ -4,8 +4,10 @@ detection metrics of textvae evaluate-ood, against independent computations."""
 from __future__ import annotations
 
 import json
+import math
 import random
 import shutil
+import zlib
 
 import numpy as np
 import pytest
@@ -85,6 +87,20 @@ def test_each_score_equals_a_direct_computation(vae):
     stats = vae.extra["score_stats"]["scores"]["nll_per_token"]
     typical = (scores["nll_per_token"] - stats["mean"]).abs() / stats["std"]
     torch.testing.assert_close(scores["typicality"], typical)
+    deflated = []
+    for sentence in SENTENCES:
+        compressor = zlib.compressobj(9, zdict=vae.zlib_dict)
+        deflated.append(8 * len(compressor.compress(sentence.encode()) + compressor.flush()))
+    torch.testing.assert_close(scores["complexity"], nll.double() / math.log(2) - torch.tensor(deflated).double())
+
+
+def test_the_zlib_dictionary_is_training_text_and_survives_a_round_trip(vae, tiny_corpus, tmp_path):
+    vae_dir = vae.save_pretrained(tmp_path / "copy")
+    text = (vae_dir / "zlib_dict.txt").read_bytes()
+    assert text == vae.zlib_dict and 1000 < len(text) <= 32768
+    training = set(tiny_corpus["train"].read_text().splitlines())
+    assert set(text.decode().splitlines()[1:]) <= training  # whole sentences (the first may be cut)
+    assert TextVAE.from_pretrained(vae_dir).zlib_dict == text
 
 
 def test_training_stores_every_scores_validation_statistics(vae, gru_run):
@@ -107,6 +123,7 @@ def without_stats(gru_run, tmp_path, data_missing: bool = False):
     shutil.copytree(gru_run / "model", model)
     meta = json.loads((model / "config.json").read_text())
     del meta["score_stats"]
+    (model / "zlib_dict.txt").unlink()
     if data_missing:
         meta["config"]["data"]["valid_file"] = str(tmp_path / "gone.txt")
     (model / "config.json").write_text(json.dumps(meta))
@@ -119,6 +136,7 @@ def test_a_model_made_before_the_statistics_computes_them_from_its_validation_sp
                        "--model", str(old)], cwd=tmp_path, input="\n".join(SENTENCES) + "\n")
     assert result.returncode == 0, result.stderr
     assert "this model stores no validation statistics; computing them from its validation split" in result.stderr
+    assert "this model stores no zlib dictionary; drawing one from its training split" in result.stderr
     rows = [json.loads(line) for line in result.stdout.splitlines()]
     assert [sorted(row) for row in rows] == [["anomaly", "rate", "text", "tokens", "typicality"]] * 3
     # the same scoring pass as training's (seed 0, K of the stored quantiles): the same statistics
@@ -191,4 +209,4 @@ def test_score_refuses_an_unknown_score(gru_run, tmp_path):
     result = run_main(["score", "--by", "nll", "surprise", "--model", str(gru_run)], cwd=tmp_path, input="the cat\n")
     assert result.returncode == 2
     assert result.stderr.splitlines() == ["textvae: error: --by must be one of nll, nll_per_token, rate, rec, "
-                                          "typicality, length, got 'surprise'"]
+                                          "typicality, complexity, length, got 'surprise'"]

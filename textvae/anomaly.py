@@ -10,6 +10,10 @@ lines (`evaluate.score_ids`, K codes from q(z|x)); docs/anomaly.md gives each fo
 - `rec`: the reconstruction term -E_q log p(x|z) in nats;
 - `typicality`: |nll_per_token - m| / s with m and s the validation mean and standard deviation
   (Nalisnick et al. 2019b): two-sided, so that lines more likely than typical are suspect too;
+- `complexity`: the model's code length minus zlib's, in bits (Serra et al. 2020): -log2 p(x)
+  less 8 x the bytes of the line deflated at level 9 with a preset dictionary of training
+  sentences (`zlib_dictionary`), without which zlib's output on a 40-byte line is mostly header
+  and the score would only measure length;
 - `length`: the predicted tokens alone, the confound every other score is checked against.
 
 Statistics (mean, standard deviation and 1,001 quantiles of each score on the validation split)
@@ -19,12 +23,17 @@ in the model's config.json.
 
 from __future__ import annotations
 
+import math
+import random
+import zlib
+
 import numpy as np
 import torch
 
 from textvae.errors import UserError
+from textvae.tokenizer import decode_ids
 
-SCORES = ("nll", "nll_per_token", "rate", "rec", "typicality", "length")
+SCORES = ("nll", "nll_per_token", "rate", "rec", "typicality", "complexity", "length")
 DEFAULT_SCORE = "nll_per_token"
 QUANTILES = 1001  # stored per score: the 0th, 0.1st, ..., 100th percentiles
 
@@ -56,10 +65,47 @@ def score_stats(scores: dict[str, np.ndarray]) -> dict[str, dict]:
     return stats
 
 
-def validation_stats(nll: torch.Tensor, rec: torch.Tensor, kl: torch.Tensor, tokens: torch.Tensor) -> dict[str, dict]:
-    """`score_stats` of every score on the validation split's scoring pass, `typicality` included
-    (its reference mean and spread are this split's own)."""
-    scores = raw_scores(nll, rec, kl, tokens)
+ZLIB_DICT_BYTES = 32768  # zlib's largest preset dictionary
+ZLIB_DICT_SENTENCES = 4096  # training sentences drawn to fill it
+
+
+def zlib_dictionary(sentences: list[str]) -> bytes:
+    """Up to ZLIB_DICT_BYTES of `sentences` (one per line, UTF-8), the last bytes kept: zlib reaches
+    back 32 KiB, and the end of a preset dictionary is what it finds cheapest to refer to."""
+    return "".join(f"{line}\n" for line in sentences).encode("utf-8")[-ZLIB_DICT_BYTES:]
+
+
+def sample_sentences(count: int, limit: int = ZLIB_DICT_SENTENCES, seed: int = 0) -> list[int]:
+    """Up to `limit` positions among `count` sentences, drawn without replacement (seeded)."""
+    return sorted(random.Random(seed).sample(range(count), min(limit, count)))
+
+
+def dictionary_from_ids(tokenizer, ids) -> bytes:
+    """`zlib_dictionary` of ZLIB_DICT_SENTENCES training sentences drawn from framed `ids` (lists
+    or a memory-mapped data.TokenIds), decoded to text."""
+    positions = sample_sentences(len(ids))
+    return zlib_dictionary(list(decode_ids(tokenizer, [ids[i] for i in positions])))
+
+
+def zlib_bits(lines: list[str], dictionary: bytes) -> np.ndarray:
+    """8 x the bytes of each line (UTF-8) deflated at level 9 with `dictionary` preset."""
+    sizes = []
+    for line in lines:
+        compressor = zlib.compressobj(9, zdict=dictionary) if dictionary else zlib.compressobj(9)
+        sizes.append(len(compressor.compress(line.encode("utf-8")) + compressor.flush()))
+    return 8.0 * np.asarray(sizes, dtype=np.float64)
+
+
+def with_complexity(scores: dict[str, np.ndarray], lines: list[str], dictionary: bytes) -> dict[str, np.ndarray]:
+    """`scores` plus `complexity`: -log2 p(x) (from `nll` in nats) less zlib's bits for the line."""
+    return {**scores, "complexity": scores["nll"] / math.log(2) - zlib_bits(lines, dictionary)}
+
+
+def validation_stats(nll: torch.Tensor, rec: torch.Tensor, kl: torch.Tensor, tokens: torch.Tensor,
+                     lines: list[str], dictionary: bytes) -> dict[str, dict]:
+    """`score_stats` of every score on the validation split's scoring pass (`lines`: its text),
+    `typicality` included (its reference mean and spread are this split's own)."""
+    scores = with_complexity(raw_scores(nll, rec, kl, tokens), lines, dictionary)
     stats = score_stats(scores)
     stats.update(score_stats({"typicality": with_typicality(scores, stats)["typicality"]}))
     return stats

@@ -53,7 +53,7 @@ class TextVAE(TrainedModel):
         With `by` (a score name of anomaly.SCORES, or several), a dict of those anomaly scores
         instead, float64 tensors, higher = more anomalous; `typicality` uses the validation
         statistics (`score_stats`)."""
-        from textvae.anomaly import check_scores, raw_scores, with_typicality
+        from textvae.anomaly import check_scores, raw_scores, with_complexity, with_typicality
         from textvae.evaluate import score_ids
 
         names = None if by is None else check_scores(by)
@@ -63,7 +63,22 @@ class TextVAE(TrainedModel):
         values = raw_scores(scores.nll, scores.rec, scores.kl, scores.tokens)
         if "typicality" in names:
             values = with_typicality(values, self.score_stats(iw_samples))
+        if "complexity" in names:
+            values = with_complexity(values, sentences, self.complexity_dictionary())
         return {name: torch.from_numpy(values[name]) for name in names}
+
+    def complexity_dictionary(self) -> bytes:
+        """zlib's preset dictionary for the `complexity` score: training sentences stored at export
+        (`zlib_dict.txt`), else (a model made before it was stored) drawn now from the training
+        split of the data it was trained on, with a line on stderr saying so."""
+        if self.zlib_dict is None:
+            from textvae.anomaly import dictionary_from_ids
+            from textvae.data import load_corpus
+
+            corpus, _ = load_corpus(self.config.data, self.tokenizer, splits=("train",))
+            log.warning("score: this model stores no zlib dictionary; drawing one from its training split")
+            self.zlib_dict = dictionary_from_ids(self.tokenizer, corpus["train"].ids)
+        return self.zlib_dict
 
     @property
     def default_iw_samples(self) -> int:
@@ -75,21 +90,25 @@ class TextVAE(TrainedModel):
         stored at export by training, else (a model made before they were stored) computed now
         from the validation split of the data it was trained on, at `iw_samples` (default: the
         stored K, else 100), with a line on stderr saying so; cached on the model."""
+        from textvae.anomaly import SCORES
+
         stored = self.extra.get("score_stats")
-        if stored:
+        if stored and set(SCORES) <= set(stored["scores"]):
             return stored["scores"]
         if getattr(self, "_computed_stats", None) is None:
             from textvae.anomaly import validation_stats
             from textvae.data import load_corpus
             from textvae.evaluate import score_ids
+            from textvae.tokenizer import decode_ids
 
             k = iw_samples or self.default_iw_samples
             corpus, _ = load_corpus(self.config.data, self.tokenizer, splits=("valid",))
-            ids = corpus["valid"].ids
+            ids = list(corpus["valid"].ids)
             log.warning("score: this model stores no validation statistics; computing them from its validation "
                         "split (%d sentences at K = %d)", len(ids), k)
-            scores = score_ids(self, list(ids), k)
-            self._computed_stats = validation_stats(scores.nll, scores.rec, scores.kl, scores.tokens)
+            scores = score_ids(self, ids, k)
+            self._computed_stats = validation_stats(scores.nll, scores.rec, scores.kl, scores.tokens,
+                                                    list(decode_ids(self.tokenizer, ids)), self.complexity_dictionary())
         return self._computed_stats
 
     def anomaly_threshold(self, percentile: float, by: str = "nll_per_token") -> float:

@@ -360,7 +360,7 @@ def build_parser() -> argparse.ArgumentParser:
                        help="text: nll (or the --by score), nll/token, tokens, flag, sentence (tab-separated)")
     score.add_argument("--by", nargs="+", metavar="SCORE",
                        help="anomaly scores (higher = more anomalous): nll, nll_per_token, rate, rec, typicality, "
-                            "length; the first takes the nll column and the threshold, jsonl prints every one "
+                            "complexity, length; the first takes the nll column and the threshold, jsonl prints every one "
                             "(default: nll and nll_per_token, the threshold on nll_per_token)")
     score.set_defaults(handler=cmd_score)
 

@@ -61,6 +61,9 @@ def resolve_model_dir(path: str | os.PathLike) -> Path:
     return path
 
 
+ZLIB_DICT = "zlib_dict.txt"  # in a model directory: training sentences, zlib's preset dictionary (anomaly.py)
+
+
 class TrainedModel:
     """A trained text VAE with its tokenizer and config: load, save, tokenize, encode, decode, sample."""
 
@@ -73,6 +76,7 @@ class TrainedModel:
         if self.precision == "bf16" and bf16_fallback(self.device, "--precision bf16"):
             self.precision = "32"
         self.max_words = config.model.max_words  # longest sentence (tokens besides <bos>/<eos>) it reads
+        self.zlib_dict: bytes | None = None  # training text that primes zlib for the `complexity` score
 
     @property
     def device(self) -> torch.device:
@@ -133,7 +137,10 @@ class TrainedModel:
             first = str(error).splitlines()[1 if len(str(error).splitlines()) > 1 else 0].strip()
             raise UserError(f"model: {weights_path} does not match its config.json ({first})") from None
         extra = {k: v for k, v in meta.items() if k not in ("format_version", "config", "vocab_size")}
-        return cls(model.to(device), tokenizer, config, extra, precision)
+        loaded = cls(model.to(device), tokenizer, config, extra, precision)
+        dictionary = directory / ZLIB_DICT
+        loaded.zlib_dict = dictionary.read_bytes() if dictionary.is_file() else None
+        return loaded
 
     def save_pretrained(self, directory: str | os.PathLike) -> Path:
         from safetensors.torch import save_file
@@ -147,6 +154,8 @@ class TrainedModel:
                      if name not in tied}
             save_file(state, str(tmp / "model.safetensors"), metadata={"format": "pt"})
             save_tokenizer(self.tokenizer, tmp)
+            if self.zlib_dict is not None:
+                (tmp / ZLIB_DICT).write_bytes(self.zlib_dict)
             if isinstance(self.model.encoder, PretrainedEncoder):
                 save_hf(self.model.encoder.hf, self.model.encoder.hf_tokenizer, tmp / "encoder")
             if isinstance(self.model.decoder, PretrainedDecoder):

@@ -52,7 +52,7 @@ import torch
 from lightning.pytorch.callbacks import EarlyStopping, ModelCheckpoint, OnExceptionCheckpoint
 from lightning.pytorch.utilities.exceptions import MisconfigurationException, SIGTERMException
 
-from textvae.anomaly import validation_stats
+from textvae.anomaly import dictionary_from_ids, validation_stats
 from textvae.api import TextVAE
 from textvae.config import Config, dump_config
 from textvae.device import bf16_fallback, resolve_device
@@ -61,6 +61,7 @@ from textvae.files import atomic_path, atomic_write_text
 from textvae.loggers import make_loggers, resolve_loggers, trim_log
 from textvae.plots import plot_curves
 from textvae.pretrained import load_parts, text_tokenizer
+from textvae.tokenizer import decode_ids
 from textvae.evaluate import PRIOR_STRATEGY, evaluate, training_sentences
 from textvae.system import TextDataModule, VAESystem
 
@@ -272,6 +273,7 @@ def finish_run(run_dir: Path, config: Config, datamodule: TextDataModule, checkp
     passes the trainer's root device)."""
     vae = load_checkpoint_model(checkpoint, datamodule.tokenizer, device)
     vae.extra["checkpoint"] = Path(checkpoint).name
+    vae.zlib_dict = dictionary_from_ids(vae.tokenizer, datamodule.corpus["train"].ids)  # for `complexity`
     vae.save_pretrained(run_dir / "model")
     point_latest(run_dir)
     log.info("train: exported %s to %s", Path(checkpoint).name, run_dir / "model")
@@ -286,7 +288,10 @@ def finish_run(run_dir: Path, config: Config, datamodule: TextDataModule, checkp
                                     "sentences": len(per_token), "nats_per_token": [round(q, 5) for q in quantiles]}
     valid = scores["valid"]
     vae.extra["score_stats"] = {"iw_samples": config.eval.iw_samples, "split": "valid", "sentences": len(per_token),
-                                "scores": validation_stats(valid.nll, valid.rec, valid.kl, valid.tokens)}
+                                "scores": validation_stats(valid.nll, valid.rec, valid.kl, valid.tokens,
+                                                           list(decode_ids(vae.tokenizer, (corpus["valid"].ids[i] for i in
+                                                                                           range(len(valid.nll))))),
+                                                           vae.zlib_dict)}
     vae.save_config(run_dir / "model")
     metrics["iw_samples"] = config.eval.iw_samples
     metrics["prior_strategy"] = PRIOR_STRATEGY
