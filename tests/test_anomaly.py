@@ -67,8 +67,8 @@ def vae(gru_run) -> TextVAE:
     return TextVAE.from_pretrained(gru_run, device="cpu")
 
 
-def test_each_score_equals_a_direct_computation(vae):
-    scores = vae.score(SENTENCES, iw_samples=4, seed=3, by=list(SCORES))
+def test_each_score_equals_a_direct_computation(vae, tiny_corpus):
+    scores = vae.score(SENTENCES, iw_samples=4, seed=3, by=list(SCORES), background="unigram")
     assert set(scores) == set(SCORES) and all(v.dtype == torch.float64 for v in scores.values())
     nll, tokens = vae.score(SENTENCES, iw_samples=4, seed=3)
     torch.testing.assert_close(scores["nll"], nll.double())  # the same pass, the same codes
@@ -92,6 +92,42 @@ def test_each_score_equals_a_direct_computation(vae):
         compressor = zlib.compressobj(9, zdict=vae.zlib_dict)
         deflated.append(8 * len(compressor.compress(sentence.encode()) + compressor.flush()))
     torch.testing.assert_close(scores["complexity"], nll.double() / math.log(2) - torch.tensor(deflated).double())
+    counts = np.bincount([i for ids in vae.tokenize(tiny_corpus["train"].read_text().splitlines()) for i in ids],
+                         minlength=vae.model.vocab_size)
+    unigram = [-sum(math.log((counts[i] + 1) / (counts.sum() + len(counts))) for i in ids[1:])
+               for ids in vae.tokenize(SENTENCES)]
+    torch.testing.assert_close(scores["ratio"], nll.double() - torch.tensor(unigram, dtype=torch.float64))
+
+
+def test_ratio_against_a_textvae_model_is_the_difference_of_their_nlls(vae, gru_run, transformer_run, tmp_path):
+    itself = vae.score(SENTENCES, iw_samples=3, by="ratio", background=str(gru_run))["ratio"]
+    assert itself.tolist() == [0.0] * len(SENTENCES)  # the same model, codes and batches
+    other = TextVAE.from_pretrained(transformer_run).score(SENTENCES, iw_samples=3)[0]
+    ratio = vae.score(SENTENCES, iw_samples=3, by="ratio", background=str(transformer_run))["ratio"]
+    torch.testing.assert_close(ratio, vae.score(SENTENCES, iw_samples=3)[0].double() - other.double())
+    result = run_main(["score", "--by", "ratio", "--background", "unigram", "--percentile", "50", "--iw-samples", "2",
+                       "--model", str(gru_run)], cwd=tmp_path, input="\n".join(SENTENCES) + "\n")
+    assert result.returncode == 0, result.stderr
+    assert "computing the validation statistics of ratio against unigram" in result.stderr
+    assert [line.split("\t")[3] for line in result.stdout.splitlines()] != ["-"] * 3
+
+
+@pytest.mark.parametrize("background, message", [
+    (None, "--by ratio needs --background MODEL"),
+    ("missing_model", "--background missing_model: "),
+    ("encoder_only", "--background encoder_only: "),
+])
+def test_a_bad_background_is_one_line_and_exit_2(background, message, gru_run, tmp_path):
+    (tmp_path / "encoder_only").mkdir()
+    (tmp_path / "encoder_only" / "config.json").write_text(json.dumps({"model_type": "bert", "hidden_size": 8}))
+    extra = [] if background is None else ["--background", background]
+    for command in (["score", "--by", "ratio"], ["evaluate-ood", "--in-domain", "in.txt", "--out-of-domain", "in.txt",
+                                                 "--by", "ratio"]):
+        (tmp_path / "in.txt").write_text("the cat\n")
+        result = run_main([*command, *extra, "--model", str(gru_run)], cwd=tmp_path, input="the cat\n")
+        assert result.returncode == 2 and result.stdout == "", result.stderr
+        (line,) = result.stderr.splitlines()
+        assert line.startswith(f"textvae: error: {message}")
 
 
 def test_the_zlib_dictionary_is_training_text_and_survives_a_round_trip(vae, tiny_corpus, tmp_path):
@@ -106,7 +142,7 @@ def test_the_zlib_dictionary_is_training_text_and_survives_a_round_trip(vae, tin
 def test_training_stores_every_scores_validation_statistics(vae, gru_run):
     stored = vae.extra["score_stats"]
     assert stored["split"] == "valid" and stored["iw_samples"] == vae.config.eval.iw_samples
-    assert set(stored["scores"]) == set(SCORES)
+    assert set(stored["scores"]) == set(SCORES) - {"ratio"}  # every score that needs no background
     for name, stat in stored["scores"].items():
         quantiles = stat["quantiles"]
         assert len(quantiles) == 1001 and quantiles == sorted(quantiles), name
@@ -178,7 +214,7 @@ def test_evaluate_ood_reports_every_score_and_length(gru_run, tiny_corpus, tmp_p
                        "--json", "--model", str(gru_run)], cwd=tmp_path)
     assert result.returncode == 0, result.stderr
     report = json.loads(result.stdout)
-    assert set(report) == set(SCORES)
+    assert set(report) == set(SCORES) - {"ratio"}  # ratio needs a background
     assert all(set(row) == {"auroc", "aupr", "fpr95"} and all(0 <= v <= 1 for v in row.values())
                for row in report.values())
     assert report["length"]["auroc"] == 0.5  # shuffling keeps every length
@@ -209,4 +245,4 @@ def test_score_refuses_an_unknown_score(gru_run, tmp_path):
     result = run_main(["score", "--by", "nll", "surprise", "--model", str(gru_run)], cwd=tmp_path, input="the cat\n")
     assert result.returncode == 2
     assert result.stderr.splitlines() == ["textvae: error: --by must be one of nll, nll_per_token, rate, rec, "
-                                          "typicality, complexity, length, got 'surprise'"]
+                                          "typicality, complexity, ratio, length, got 'surprise'"]

@@ -14,6 +14,10 @@ lines (`evaluate.score_ids`, K codes from q(z|x)); docs/anomaly.md gives each fo
   less 8 x the bytes of the line deflated at level 9 with a preset dictionary of training
   sentences (`zlib_dictionary`), without which zlib's output on a 40-byte line is mostly header
   and the score would only measure length;
+- `ratio`: `nll` less a background model's NLL of the same line, in nats (a likelihood ratio,
+  Ren et al. 2019; Gangal et al. 2020 for text): what the in-domain model finds unlikely beyond
+  what makes the line unlikely as English at all. Backgrounds: `unigram` (the training split's
+  token frequencies, add-one smoothed, over the model's own tokens) or another textvae model;
 - `length`: the predicted tokens alone, the confound every other score is checked against.
 
 Statistics (mean, standard deviation and 1,001 quantiles of each score on the validation split)
@@ -33,7 +37,8 @@ import torch
 from textvae.errors import UserError
 from textvae.tokenizer import decode_ids
 
-SCORES = ("nll", "nll_per_token", "rate", "rec", "typicality", "complexity", "length")
+SCORES = ("nll", "nll_per_token", "rate", "rec", "typicality", "complexity", "ratio", "length")
+NEEDS_BACKGROUND = ("ratio",)  # scores without stored validation statistics
 DEFAULT_SCORE = "nll_per_token"
 QUANTILES = 1001  # stored per score: the 0th, 0.1st, ..., 100th percentiles
 
@@ -85,6 +90,20 @@ def dictionary_from_ids(tokenizer, ids) -> bytes:
     or a memory-mapped data.TokenIds), decoded to text."""
     positions = sample_sentences(len(ids))
     return zlib_dictionary(list(decode_ids(tokenizer, [ids[i] for i in positions])))
+
+
+def token_counts(ids, vocab_size: int) -> np.ndarray:
+    """Occurrences of each id in framed `ids` (a memory-mapped data.TokenIds, or lists)."""
+    if hasattr(ids, "token_counts"):
+        return ids.token_counts(vocab_size)
+    return np.bincount(np.concatenate([np.asarray(x, dtype=np.int64) for x in ids]), minlength=vocab_size)
+
+
+def unigram_nll(ids: list[list[int]], counts: np.ndarray) -> np.ndarray:
+    """-log p(x) in nats of each framed sentence under add-one smoothed unigram frequencies
+    `counts`, over its predicted tokens (all but <bos>, <eos> included, as the VAE's nll)."""
+    log_probs = np.log((counts + 1.0) / (counts.sum() + len(counts)))
+    return np.array([-log_probs[np.asarray(x[1:], dtype=np.int64)].sum() for x in ids], dtype=np.float64)
 
 
 def zlib_bits(lines: list[str], dictionary: bytes) -> np.ndarray:

@@ -12,6 +12,7 @@ from __future__ import annotations
 import dataclasses
 import logging
 
+import numpy as np
 import torch
 
 from textvae.errors import UserError
@@ -44,7 +45,7 @@ class TextVAE(TrainedModel):
         return self.decode(path, **decoding)
 
     def score(self, sentences: list[str], iw_samples: int | None = None, seed: int = 0,
-              by: str | list[str] | None = None):
+              by: str | list[str] | None = None, background: str | None = None):
         """Per-sentence NLL in nats (IW estimate with `iw_samples` codes; 1 = single-sample ELBO) and
         the number of predicted tokens (words + <eos>) of each sentence. `iw_samples` defaults to
         the K the model's stored validation statistics were computed with (so scores and
@@ -52,7 +53,7 @@ class TextVAE(TrainedModel):
 
         With `by` (a score name of anomaly.SCORES, or several), a dict of those anomaly scores
         instead, float64 tensors, higher = more anomalous; `typicality` uses the validation
-        statistics (`score_stats`)."""
+        statistics (`score_stats`), `ratio` a `background` ("unigram" or a textvae model)."""
         from textvae.anomaly import check_scores, raw_scores, with_complexity, with_typicality
         from textvae.evaluate import score_ids
 
@@ -65,7 +66,48 @@ class TextVAE(TrainedModel):
             values = with_typicality(values, self.score_stats(iw_samples))
         if "complexity" in names:
             values = with_complexity(values, sentences, self.complexity_dictionary())
+        if "ratio" in names:
+            values["ratio"] = values["nll"] - self.background_nll(sentences, background, iw_samples, seed)
         return {name: torch.from_numpy(values[name]) for name in names}
+
+    def background_nll(self, sentences: list[str], background: str | None, iw_samples: int | None = None,
+                       seed: int = 0) -> np.ndarray:
+        """-log p(x) in nats of each sentence under `background`: "unigram" (this model's tokens,
+        add-one smoothed frequencies of its training split, counted when first asked for) or a
+        textvae model directory (its own tokens, IW estimate with `iw_samples` codes)."""
+        from textvae.anomaly import token_counts, unigram_nll
+
+        if background is None:
+            raise UserError("--by ratio needs --background MODEL (unigram, or a textvae model directory)")
+        if background == "unigram":
+            if getattr(self, "_unigram_counts", None) is None:
+                from textvae.data import load_corpus
+
+                corpus, _ = load_corpus(self.config.data, self.tokenizer, splits=("train",))
+                log.warning("score: unigram background: counting the tokens of the training split")
+                self._unigram_counts = token_counts(corpus["train"].ids, self.model.vocab_size)
+            return unigram_nll(self.tokenize(sentences), self._unigram_counts)
+        try:
+            other = TextVAE.from_pretrained(background, device=self.device)
+        except UserError as error:
+            raise UserError(f"--background {background}: {error}") from None
+        return other.score(sentences, iw_samples, seed)[0].double().cpu().numpy()
+
+    def ratio_stats(self, background: str, iw_samples: int | None = None) -> dict:
+        """`score_stats` of `ratio` against `background` on the validation split, computed now
+        (backgrounds are chosen at scoring time, so nothing is stored), with a line on stderr."""
+        from textvae.anomaly import score_stats
+        from textvae.data import load_corpus
+        from textvae.evaluate import score_ids
+        from textvae.tokenizer import decode_ids
+
+        corpus, _ = load_corpus(self.config.data, self.tokenizer, splits=("valid",))
+        ids = list(corpus["valid"].ids)
+        log.warning("score: computing the validation statistics of ratio against %s (%d sentences)", background,
+                    len(ids))
+        nll = score_ids(self, ids, iw_samples or self.default_iw_samples).nll.double().cpu().numpy()
+        lines = list(decode_ids(self.tokenizer, ids))
+        return score_stats({"ratio": nll - self.background_nll(lines, background, iw_samples)})["ratio"]
 
     def complexity_dictionary(self) -> bytes:
         """zlib's preset dictionary for the `complexity` score: training sentences stored at export
@@ -90,10 +132,10 @@ class TextVAE(TrainedModel):
         stored at export by training, else (a model made before they were stored) computed now
         from the validation split of the data it was trained on, at `iw_samples` (default: the
         stored K, else 100), with a line on stderr saying so; cached on the model."""
-        from textvae.anomaly import SCORES
+        from textvae.anomaly import NEEDS_BACKGROUND, SCORES
 
         stored = self.extra.get("score_stats")
-        if stored and set(SCORES) <= set(stored["scores"]):
+        if stored and set(SCORES) - set(NEEDS_BACKGROUND) <= set(stored["scores"]):
             return stored["scores"]
         if getattr(self, "_computed_stats", None) is None:
             from textvae.anomaly import validation_stats
@@ -111,32 +153,37 @@ class TextVAE(TrainedModel):
                                                     list(decode_ids(self.tokenizer, ids)), self.complexity_dictionary())
         return self._computed_stats
 
-    def anomaly_threshold(self, percentile: float, by: str = "nll_per_token") -> float:
+    def anomaly_threshold(self, percentile: float, by: str = "nll_per_token", background: str | None = None) -> float:
         """Score `by` (default: NLL per token) at `percentile` of the validation split."""
         from textvae.anomaly import check_scores, percentile_of
 
         (name,) = check_scores(by)
         if not 0 <= percentile <= 100:
             raise UserError(f"--percentile must be in [0, 100], got {percentile}")
+        if name == "ratio":
+            if background is None:
+                raise UserError("--by ratio needs --background MODEL (unigram, or a textvae model directory)")
+            return percentile_of({name: self.ratio_stats(background)}, name, percentile)
         quantiles = self.extra.get("score_quantiles")  # models made before score_stats store this one score
         if name == "nll_per_token" and quantiles and not self.extra.get("score_stats"):
             return percentile_of({name: {"quantiles": quantiles["nats_per_token"]}}, name, percentile)
         return percentile_of(self.score_stats(), name, percentile)
 
     def ood_metrics(self, in_domain: list[str], out_of_domain: list[str], by=None, iw_samples: int | None = None,
-                    seed: int = 0) -> dict[str, dict[str, float]]:
+                    seed: int = 0, background: str | None = None) -> dict[str, dict[str, float]]:
         """AUROC, AUPR and FPR at 95% TPR (anomaly.detection_metrics; out-of-domain lines are the
-        positives) of each score of `by` (default: all of anomaly.SCORES), and of `length`, the
-        number of predicted tokens alone, as the confound check."""
+        positives) of each score of `by` (default: all of anomaly.SCORES, `ratio` only with a
+        `background`), and of `length`, the number of predicted tokens alone, as the confound check."""
         from textvae.anomaly import SCORES, check_scores, detection_metrics
 
-        names = check_scores(SCORES if by is None else by)
+        default = [name for name in SCORES if name != "ratio" or background is not None]
+        names = check_scores(default if by is None else by)
         names += [] if "length" in names else ["length"]
         for side, lines in (("in-domain", in_domain), ("out-of-domain", out_of_domain)):
             if not lines:
                 raise UserError(f"evaluate-ood: the {side} side has no lines")
-        inside = self.score(in_domain, iw_samples, seed, by=names)
-        outside = self.score(out_of_domain, iw_samples, seed, by=names)
+        inside = self.score(in_domain, iw_samples, seed, by=names, background=background)
+        outside = self.score(out_of_domain, iw_samples, seed, by=names, background=background)
         return {name: detection_metrics(inside[name].numpy(), outside[name].numpy()) for name in names}
 
     def compress(self, text: str, lanes: int = 64, parts: int = 2) -> bytes:

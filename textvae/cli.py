@@ -204,18 +204,20 @@ def cmd_score(args, rest) -> None:
     from textvae.anomaly import DEFAULT_SCORE, check_scores
 
     names = check_scores(args.by) if args.by else None
+    if names and "ratio" in names and args.background is None:
+        raise UserError("--by ratio needs --background MODEL (unigram, or a textvae model directory)")
     lines = read_input_lines(args.input)
     vae = _load(args)
     compared = names[0] if names else DEFAULT_SCORE  # what the threshold and the flag are about
     threshold = args.threshold
     if args.percentile is not None:
-        threshold = vae.anomaly_threshold(args.percentile, by=compared)
+        threshold = vae.anomaly_threshold(args.percentile, by=compared, background=args.background)
     if names is None:  # nll and nll per token, as before --by existed
         nll, tokens = vae.score(lines, iw_samples=args.iw_samples, seed=args.seed)
         columns = {"nll": nll.double(), "nll_per_token": nll.double() / tokens}
     else:
         columns = vae.score(lines, iw_samples=args.iw_samples, seed=args.seed,
-                            by=list(dict.fromkeys([*names, DEFAULT_SCORE, "length"])))
+                            by=list(dict.fromkeys([*names, DEFAULT_SCORE, "length"])), background=args.background)
         tokens = columns["length"].long()
     shown = names or ["nll", DEFAULT_SCORE]
     for row, line in enumerate(lines):
@@ -232,7 +234,9 @@ def cmd_score(args, rest) -> None:
 def cmd_evaluate_ood(args, rest) -> None:
     from textvae.anomaly import SCORES, check_scores
 
-    names = check_scores(args.by or SCORES)
+    names = check_scores(args.by or [name for name in SCORES if name != "ratio" or args.background])
+    if "ratio" in names and args.background is None:
+        raise UserError("--by ratio needs --background MODEL (unigram, or a textvae model directory)")
     sides = {}
     for flag, source in (("--in-domain", args.in_domain), ("--out-of-domain", args.out_of_domain)):
         if not Path(source).is_file():
@@ -242,7 +246,7 @@ def cmd_evaluate_ood(args, rest) -> None:
             raise UserError(f"{flag}: {source} has no non-empty lines")
     vae = _load(args)
     results = vae.ood_metrics(sides["--in-domain"], sides["--out-of-domain"], by=names, iw_samples=args.iw_samples,
-                              seed=args.seed)
+                              seed=args.seed, background=args.background)
     if args.json:
         print(json.dumps(results))
         return
@@ -360,15 +364,19 @@ def build_parser() -> argparse.ArgumentParser:
                        help="text: nll (or the --by score), nll/token, tokens, flag, sentence (tab-separated)")
     score.add_argument("--by", nargs="+", metavar="SCORE",
                        help="anomaly scores (higher = more anomalous): nll, nll_per_token, rate, rec, typicality, "
-                            "complexity, length; the first takes the nll column and the threshold, jsonl prints every one "
+                            "complexity, ratio (with --background), length; the first takes the nll column and the threshold, jsonl prints every one "
                             "(default: nll and nll_per_token, the threshold on nll_per_token)")
+    score.add_argument("--background", metavar="MODEL",
+                       help="the background of --by ratio: unigram, or a textvae model directory")
     score.set_defaults(handler=cmd_score)
 
     ood = commands.add_parser("evaluate-ood", parents=[common, model],
                               help="AUROC, AUPR and FPR@95 of anomaly scores, in-domain vs out-of-domain lines")
     ood.add_argument("--in-domain", required=True, help="file of in-domain lines (one sentence per line)")
     ood.add_argument("--out-of-domain", required=True, help="file of out-of-domain lines (the positives)")
-    ood.add_argument("--by", nargs="+", metavar="SCORE", help="scores to report (default: all); length always")
+    ood.add_argument("--by", nargs="+", metavar="SCORE",
+                     help="scores to report (default: all, ratio with --background); length always")
+    ood.add_argument("--background", metavar="MODEL", help="the background of ratio: unigram, or a textvae model")
     ood.add_argument("--iw-samples", type=int, default=None,
                      help="importance samples K (default: the K of the model's validation statistics, else 100)")
     ood.add_argument("--seed", type=int, default=0, help="random seed of the importance samples")

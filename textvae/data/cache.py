@@ -54,6 +54,15 @@ class TokenIds(Sequence):
     def take(self, indices) -> list[list[int]]:
         return self._column.take(list(indices)).to_pylist()
 
+    def token_counts(self, vocab_size: int) -> np.ndarray:
+        """How often each id occurs in the split, framing tokens included, one chunk at a time."""
+        import pyarrow.compute as pc
+
+        counts = np.zeros(vocab_size, dtype=np.int64)
+        for chunk in self._column.chunks:
+            counts += np.bincount(pc.list_flatten(chunk).to_numpy(), minlength=vocab_size)[:vocab_size]
+        return counts
+
     def hash_set(self) -> np.ndarray:
         """The sorted distinct `sentence_hash`es of the split's sentences (their token ids before any
         truncation), computed once per tokenised table and memory-mapped from the cache after: every
