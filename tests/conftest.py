@@ -40,6 +40,42 @@ def synthetic_sentences(count: int, seed: int) -> list[str]:
                                    rng.choice(ENDINGS)])) for _ in range(count)]
 
 
+def build_tiny_lm(kind: str, directory: Path) -> Path:
+    """Save a random 2-layer, width-32 GPT-2 or Llama and its tokenizer into `directory`."""
+    import torch
+    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
+    from transformers import GPT2Config, GPT2LMHeadModel, LlamaConfig, LlamaForCausalLM, PreTrainedTokenizerFast
+
+    torch.manual_seed(0)
+    text = synthetic_sentences(300, 5)
+    if kind == "gpt2":
+        tokenizer = Tokenizer(models.BPE())
+        tokenizer.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+        tokenizer.decoder = decoders.ByteLevel()
+        tokenizer.train_from_iterator(text, trainers.BpeTrainer(
+            vocab_size=300, special_tokens=["<|endoftext|>"], initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
+            show_progress=False))
+        end = "<|endoftext|>"
+        wrapped = PreTrainedTokenizerFast(tokenizer_object=tokenizer, bos_token=end, eos_token=end, unk_token=end)
+        model = GPT2LMHeadModel(GPT2Config(vocab_size=tokenizer.get_vocab_size(), n_embd=32, n_layer=2, n_head=2,
+                                           n_positions=64, bos_token_id=0, eos_token_id=0))
+    else:
+        tokenizer = Tokenizer(models.BPE(unk_token="<unk>"))
+        tokenizer.pre_tokenizer = pre_tokenizers.Metaspace()
+        tokenizer.decoder = decoders.Metaspace()
+        tokenizer.train_from_iterator(text, trainers.BpeTrainer(vocab_size=200, special_tokens=["<unk>", "<s>", "</s>"],
+                                                                 show_progress=False))
+        wrapped = PreTrainedTokenizerFast(tokenizer_object=tokenizer, bos_token="<s>", eos_token="</s>",
+                                          unk_token="<unk>")
+        model = LlamaForCausalLM(LlamaConfig(vocab_size=tokenizer.get_vocab_size(), hidden_size=32,
+                                             intermediate_size=64, num_hidden_layers=2, num_attention_heads=4,
+                                             num_key_value_heads=2, max_position_embeddings=64, bos_token_id=1,
+                                             eos_token_id=2))
+    model.save_pretrained(directory)
+    wrapped.save_pretrained(directory)
+    return directory
+
+
 def framed_batch(lengths: list[int], seed: int = 0, pad_to: int | None = None, vocab: int = 40):
     """`<bos> w1 .. wn <eos>` rows of random word ids (never special), right-padded with PAD_ID."""
     import torch

@@ -13,12 +13,13 @@ import numpy as np
 import pytest
 import torch
 
-from conftest import run_main
+from conftest import build_tiny_lm, run_main
 from textvae.anomaly import SCORES, detection_metrics
 from textvae.api import TextVAE
 from textvae.errors import UserError
 from textvae.losses import gaussian_kl
 from textvae.metrics import iw_nll
+from textvae.pretrained import load_hf
 from textvae.tokenizer import pad_batch
 
 SENTENCES = ["the cat saw the ball", "a small bird found a red car yesterday", "the teacher called her friend again"]
@@ -112,10 +113,25 @@ def test_ratio_against_a_textvae_model_is_the_difference_of_their_nlls(vae, gru_
     assert [line.split("\t")[3] for line in result.stdout.splitlines()] != ["-"] * 3
 
 
+def test_ratio_against_a_causal_lm_scores_each_line_with_its_own_tokens(vae, tmp_path):
+    lm_dir = build_tiny_lm("gpt2", tmp_path / "gpt2")
+    module, tokenizer = load_hf(str(lm_dir), "test", kind="decoder")
+    expected = []
+    for sentence in SENTENCES:  # one line at a time: no padding
+        ids = torch.tensor([[tokenizer.bos_token_id, *tokenizer(sentence, add_special_tokens=False)["input_ids"],
+                             tokenizer.eos_token_id]])
+        with torch.no_grad():
+            log_probs = torch.log_softmax(module(input_ids=ids).logits[0, :-1].float(), -1)
+        expected.append(-log_probs.gather(-1, ids[0, 1:, None]).sum().item())
+    scores = vae.score(SENTENCES, iw_samples=2, by=["nll", "ratio"], background=str(lm_dir))
+    torch.testing.assert_close(scores["ratio"], scores["nll"] - torch.tensor(expected, dtype=torch.float64),
+                               rtol=0, atol=1e-4)
+
+
 @pytest.mark.parametrize("background, message", [
     (None, "--by ratio needs --background MODEL"),
     ("missing_model", "--background missing_model: "),
-    ("encoder_only", "--background encoder_only: "),
+    ("encoder_only", "--background encoder_only: 'encoder_only' (bert) is not a decoder-only causal LM"),
 ])
 def test_a_bad_background_is_one_line_and_exit_2(background, message, gru_run, tmp_path):
     (tmp_path / "encoder_only").mkdir()

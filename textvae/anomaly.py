@@ -17,7 +17,8 @@ lines (`evaluate.score_ids`, K codes from q(z|x)); docs/anomaly.md gives each fo
 - `ratio`: `nll` less a background model's NLL of the same line, in nats (a likelihood ratio,
   Ren et al. 2019; Gangal et al. 2020 for text): what the in-domain model finds unlikely beyond
   what makes the line unlikely as English at all. Backgrounds: `unigram` (the training split's
-  token frequencies, add-one smoothed, over the model's own tokens) or another textvae model;
+  token frequencies, add-one smoothed, over the model's own tokens), another textvae model, or a
+  Hugging Face causal LM (a directory, or a local .gguf file) through its own tokenizer;
 - `length`: the predicted tokens alone, the confound every other score is checked against.
 
 Statistics (mean, standard deviation and 1,001 quantiles of each score on the validation split)
@@ -39,6 +40,8 @@ from textvae.tokenizer import decode_ids
 
 SCORES = ("nll", "nll_per_token", "rate", "rec", "typicality", "complexity", "ratio", "length")
 NEEDS_BACKGROUND = ("ratio",)  # scores without stored validation statistics
+NO_BACKGROUND = ("--by ratio needs --background MODEL (unigram, a textvae model directory, or a Hugging Face "
+                 "causal LM directory or .gguf file)")
 DEFAULT_SCORE = "nll_per_token"
 QUANTILES = 1001  # stored per score: the 0th, 0.1st, ..., 100th percentiles
 
@@ -104,6 +107,28 @@ def unigram_nll(ids: list[list[int]], counts: np.ndarray) -> np.ndarray:
     `counts`, over its predicted tokens (all but <bos>, <eos> included, as the VAE's nll)."""
     log_probs = np.log((counts + 1.0) / (counts.sum() + len(counts)))
     return np.array([-log_probs[np.asarray(x[1:], dtype=np.int64)].sum() for x in ids], dtype=np.float64)
+
+
+@torch.no_grad()
+def causal_lm_nll(module, tokenizer, lines: list[str], batch_size: int = 32) -> np.ndarray:
+    """-log p(x) in nats of each line under a Hugging Face causal LM prepared by
+    pretrained.load_hf (kind "decoder"): the line's own tokens framed as `bos ... eos`, every
+    token after `bos` predicted, as the VAE's nll counts its tokens."""
+    from textvae.pretrained import lm_specials
+
+    specials = lm_specials(tokenizer)
+    device = next(module.parameters()).device
+    out = []
+    for start in range(0, len(lines), batch_size):
+        encoded = tokenizer(lines[start: start + batch_size], add_special_tokens=False)["input_ids"]
+        framed = [[specials.bos, *ids, specials.eos] for ids in encoded]
+        width = max(len(ids) for ids in framed)
+        tokens = torch.tensor([ids + [specials.pad] * (width - len(ids)) for ids in framed], device=device)
+        mask = torch.tensor([[1] * len(ids) + [0] * (width - len(ids)) for ids in framed], device=device)
+        logits = module(input_ids=tokens, attention_mask=mask).logits[:, :-1].float()  # (B, T-1, V)
+        log_probs = torch.log_softmax(logits, dim=-1).gather(-1, tokens[:, 1:, None]).squeeze(-1)  # (B, T-1)
+        out.append(-(log_probs * mask[:, 1:]).sum(-1).double().cpu())
+    return torch.cat(out).numpy()
 
 
 def zlib_bits(lines: list[str], dictionary: bytes) -> np.ndarray:

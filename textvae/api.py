@@ -73,12 +73,16 @@ class TextVAE(TrainedModel):
     def background_nll(self, sentences: list[str], background: str | None, iw_samples: int | None = None,
                        seed: int = 0) -> np.ndarray:
         """-log p(x) in nats of each sentence under `background`: "unigram" (this model's tokens,
-        add-one smoothed frequencies of its training split, counted when first asked for) or a
-        textvae model directory (its own tokens, IW estimate with `iw_samples` codes)."""
-        from textvae.anomaly import token_counts, unigram_nll
+        add-one smoothed frequencies of its training split, counted when first asked for), a
+        textvae model directory (its own tokens, IW estimate with `iw_samples` codes), or a Hugging
+        Face causal LM directory or local .gguf file (its own tokens; loaded once)."""
+        import json
+        from pathlib import Path
+
+        from textvae.anomaly import NO_BACKGROUND, causal_lm_nll, token_counts, unigram_nll
 
         if background is None:
-            raise UserError("--by ratio needs --background MODEL (unigram, or a textvae model directory)")
+            raise UserError(NO_BACKGROUND)
         if background == "unigram":
             if getattr(self, "_unigram_counts", None) is None:
                 from textvae.data import load_corpus
@@ -87,11 +91,29 @@ class TextVAE(TrainedModel):
                 log.warning("score: unigram background: counting the tokens of the training split")
                 self._unigram_counts = token_counts(corpus["train"].ids, self.model.vocab_size)
             return unigram_nll(self.tokenize(sentences), self._unigram_counts)
+        path = Path(background).expanduser()
+        if not path.exists():
+            raise UserError(f"--background {background}: no such model directory or .gguf file (or use unigram)")
+        config = path / "config.json"
+        textvae_model = config.is_file() or (path / "model" / "config.json").is_file()
+        if config.is_file():
+            try:
+                textvae_model = "format_version" in json.loads(config.read_text(encoding="utf-8"))
+            except (OSError, UnicodeDecodeError, json.JSONDecodeError):
+                textvae_model = True  # from_pretrained names what is wrong with it
         try:
-            other = TextVAE.from_pretrained(background, device=self.device)
+            if textvae_model:
+                other = TextVAE.from_pretrained(background, device=self.device)
+                return other.score(sentences, iw_samples, seed)[0].double().cpu().numpy()
+            if getattr(self, "_background_lm", (None,))[0] != background:
+                from textvae.pretrained import load_hf
+
+                module, tokenizer = load_hf(str(path), "--background", kind="decoder")
+                self._background_lm = (background, module.to(self.device).eval(), tokenizer)
         except UserError as error:
-            raise UserError(f"--background {background}: {error}") from None
-        return other.score(sentences, iw_samples, seed)[0].double().cpu().numpy()
+            raise UserError(f"--background {background}: {str(error).removeprefix('config: --background: ')}") from None
+        _, module, tokenizer = self._background_lm
+        return causal_lm_nll(module, tokenizer, sentences)
 
     def ratio_stats(self, background: str, iw_samples: int | None = None) -> dict:
         """`score_stats` of `ratio` against `background` on the validation split, computed now
@@ -155,14 +177,14 @@ class TextVAE(TrainedModel):
 
     def anomaly_threshold(self, percentile: float, by: str = "nll_per_token", background: str | None = None) -> float:
         """Score `by` (default: NLL per token) at `percentile` of the validation split."""
-        from textvae.anomaly import check_scores, percentile_of
+        from textvae.anomaly import NO_BACKGROUND, check_scores, percentile_of
 
         (name,) = check_scores(by)
         if not 0 <= percentile <= 100:
             raise UserError(f"--percentile must be in [0, 100], got {percentile}")
         if name == "ratio":
             if background is None:
-                raise UserError("--by ratio needs --background MODEL (unigram, or a textvae model directory)")
+                raise UserError(NO_BACKGROUND)
             return percentile_of({name: self.ratio_stats(background)}, name, percentile)
         quantiles = self.extra.get("score_quantiles")  # models made before score_stats store this one score
         if name == "nll_per_token" and quantiles and not self.extra.get("score_stats"):

@@ -201,11 +201,11 @@ def cmd_decompress(args, rest) -> None:
 
 
 def cmd_score(args, rest) -> None:
-    from textvae.anomaly import DEFAULT_SCORE, check_scores
+    from textvae.anomaly import DEFAULT_SCORE, NO_BACKGROUND, check_scores
 
     names = check_scores(args.by) if args.by else None
     if names and "ratio" in names and args.background is None:
-        raise UserError("--by ratio needs --background MODEL (unigram, or a textvae model directory)")
+        raise UserError(NO_BACKGROUND)
     lines = read_input_lines(args.input)
     vae = _load(args)
     compared = names[0] if names else DEFAULT_SCORE  # what the threshold and the flag are about
@@ -232,11 +232,11 @@ def cmd_score(args, rest) -> None:
 
 
 def cmd_evaluate_ood(args, rest) -> None:
-    from textvae.anomaly import SCORES, check_scores
+    from textvae.anomaly import NO_BACKGROUND, SCORES, check_scores
 
     names = check_scores(args.by or [name for name in SCORES if name != "ratio" or args.background])
     if "ratio" in names and args.background is None:
-        raise UserError("--by ratio needs --background MODEL (unigram, or a textvae model directory)")
+        raise UserError(NO_BACKGROUND)
     sides = {}
     for flag, source in (("--in-domain", args.in_domain), ("--out-of-domain", args.out_of_domain)):
         if not Path(source).is_file():
@@ -367,7 +367,7 @@ def build_parser() -> argparse.ArgumentParser:
                             "complexity, ratio (with --background), length; the first takes the nll column and the threshold, jsonl prints every one "
                             "(default: nll and nll_per_token, the threshold on nll_per_token)")
     score.add_argument("--background", metavar="MODEL",
-                       help="the background of --by ratio: unigram, or a textvae model directory")
+                       help="the background of --by ratio: unigram, a textvae model directory, or a HF causal LM directory or .gguf file")
     score.set_defaults(handler=cmd_score)
 
     ood = commands.add_parser("evaluate-ood", parents=[common, model],
@@ -376,7 +376,7 @@ def build_parser() -> argparse.ArgumentParser:
     ood.add_argument("--out-of-domain", required=True, help="file of out-of-domain lines (the positives)")
     ood.add_argument("--by", nargs="+", metavar="SCORE",
                      help="scores to report (default: all, ratio with --background); length always")
-    ood.add_argument("--background", metavar="MODEL", help="the background of ratio: unigram, or a textvae model")
+    ood.add_argument("--background", metavar="MODEL", help="the background of ratio: unigram, a textvae model, or a HF causal LM directory or .gguf file")
     ood.add_argument("--iw-samples", type=int, default=None,
                      help="importance samples K (default: the K of the model's validation statistics, else 100)")
     ood.add_argument("--seed", type=int, default=0, help="random seed of the importance samples")
