@@ -382,6 +382,28 @@ def iw_cpus(entries: dict) -> str:
                  rows)
 
 
+# Published CLINC150 rows (in-scope test vs oos_test, AUROC / FPR@95 in %), language-model
+# perplexity scores, as tabulated in microsoft/KC's papers/MLKD_OOD README.
+CLINC150_ANCHORS = [("GPT-2 trained from scratch on in-scope train, perplexity", 91.73, 28.31),
+                    ("GPT-2 fine-tuned, perplexity", 89.76, 33.77),
+                    ("MLKD (distilled LM)", 92.51, 27.16),
+                    ("DATE", 83.38, 66.67)]
+
+
+def ood_clinc150(entries: dict) -> str:
+    """The published rows, then every textvae score, the best of each column in bold (length aside)."""
+    entry = entries["clinc150_ood"]
+    rows = [[label, f(auroc), "—", f(fpr95)] for label, auroc, fpr95 in CLINC150_ANCHORS]
+    scored = {name: row for name, row in entry["scores"].items() if name != "length"}
+    best = {"auroc": max(row["auroc"] for row in scored.values()), "aupr": max(row["aupr"] for row in scored.values()),
+            "fpr95": min(row["fpr95"] for row in scored.values())}
+    for name, row in entry["scores"].items():
+        cells = [f"**{f(100 * row[key])}**" if name in scored and row[key] == best[key] else f(100 * row[key])
+                 for key in ("auroc", "aupr", "fpr95")]
+        rows.append([f"textvae {entry.get('labels', {}).get(name, f'`{name}`')}", *cells])
+    return table(["score", "AUROC", "AUPR", "FPR@95"], rows)
+
+
 def headline_of(entry: dict) -> str:
     """A few figures that identify an entry in the index."""
     if "test" in entry or "valid" in entry:
@@ -406,6 +428,10 @@ def headline_of(entry: dict) -> str:
     if entry.get("name", "").startswith("bench_eval_"):
         run = entry.get("after_bf16_requested", entry)
         return f"IW-NLL K = {run['iw_samples']}: MFU {run['mfu_peak']:.2f} of the faster matmul rate"
+    if entry.get("name") == "clinc150_ood":
+        best = max((n for n in entry["scores"] if n != "length"), key=lambda n: entry["scores"][n]["auroc"])
+        row = entry["scores"][best]
+        return f"best score {best}: AUROC {100 * row['auroc']:.2f}, FPR@95 {100 * row['fpr95']:.2f}"
     if entry.get("name") == "bench_data_end_of_run":
         return (f"3M/1M lines: warm time {entry['warm_time_ratio_largest_to_smallest']:.2f}×, peak RSS "
                 f"{entry['rss_ratio_largest_to_smallest']:.2f}×")
@@ -426,6 +452,8 @@ def estimator_of(entry: dict) -> str:
         return f"greedy decodes of B-bit codes, first {entry['sentences']:,} {entry['split']} sentences"
     if entry.get("name") == "bench_data":
         return "wall time to the first batch, peak RSS"
+    if entry.get("name") == "clinc150_ood":
+        return f"in-scope test vs oos_test, IW-NLL K = {entry['iw_samples']}"
     if entry.get("name") == "bench_data_end_of_run":
         return "wall time of a whole 20-step run, peak RSS"
     if entry.get("name", "").startswith("bench_eval_"):
@@ -480,7 +508,7 @@ def rate_distortion(entries: dict) -> str:
 TABLES = {"rate_distortion": rate_distortion, "index": index, "headline": headline, "ptb": ptb, "ptb_goals": ptb_goals, "rate_sweep": rate_sweep,
           "rate_valid": rate_valid, "diag": diag, "encoders": encoders, "decoder_path": decoder_path,
           "compression": compression, "bits": bits, "large_corpora": large_corpora, "end_of_run": end_of_run,
-          "iw_cpus": iw_cpus}
+          "iw_cpus": iw_cpus, "ood_clinc150": ood_clinc150}
 
 
 def documents() -> list[Path]:

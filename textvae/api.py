@@ -58,7 +58,8 @@ class TextVAE(TrainedModel):
         from textvae.evaluate import score_ids
 
         names = None if by is None else check_scores(by)
-        scores = score_ids(self, self.tokenize(sentences), iw_samples or self.default_iw_samples, seed)
+        ids = self.tokenize(sentences)
+        scores = score_ids(self, ids, iw_samples or self.default_iw_samples, seed)
         if names is None:
             return scores.nll, scores.tokens.long()
         values = raw_scores(scores.nll, scores.rec, scores.kl, scores.tokens)
@@ -67,15 +68,16 @@ class TextVAE(TrainedModel):
         if "complexity" in names:
             values = with_complexity(values, sentences, self.complexity_dictionary())
         if "ratio" in names:
-            values["ratio"] = values["nll"] - self.background_nll(sentences, background, iw_samples, seed)
+            values["ratio"] = values["nll"] - self.background_nll(sentences, background, iw_samples, seed, ids)
         return {name: torch.from_numpy(values[name]) for name in names}
 
     def background_nll(self, sentences: list[str], background: str | None, iw_samples: int | None = None,
-                       seed: int = 0) -> np.ndarray:
+                       seed: int = 0, ids: list[list[int]] | None = None) -> np.ndarray:
         """-log p(x) in nats of each sentence under `background`: "unigram" (this model's tokens,
         add-one smoothed frequencies of its training split, counted when first asked for), a
         textvae model directory (its own tokens, IW estimate with `iw_samples` codes), or a Hugging
-        Face causal LM directory or local .gguf file (its own tokens; loaded once)."""
+        Face causal LM directory or local .gguf file (its own tokens; loaded once). `ids`: the
+        sentences already tokenised by this model."""
         import json
         from pathlib import Path
 
@@ -90,7 +92,7 @@ class TextVAE(TrainedModel):
                 corpus, _ = load_corpus(self.config.data, self.tokenizer, splits=("train",))
                 log.warning("score: unigram background: counting the tokens of the training split")
                 self._unigram_counts = token_counts(corpus["train"].ids, self.model.vocab_size)
-            return unigram_nll(self.tokenize(sentences), self._unigram_counts)
+            return unigram_nll(self.tokenize(sentences) if ids is None else ids, self._unigram_counts)
         path = Path(background).expanduser()
         if not path.exists():
             raise UserError(f"--background {background}: no such model directory or .gguf file (or use unigram)")
@@ -129,7 +131,7 @@ class TextVAE(TrainedModel):
                     len(ids))
         nll = score_ids(self, ids, iw_samples or self.default_iw_samples).nll.double().cpu().numpy()
         lines = list(decode_ids(self.tokenizer, ids))
-        return score_stats({"ratio": nll - self.background_nll(lines, background, iw_samples)})["ratio"]
+        return score_stats({"ratio": nll - self.background_nll(lines, background, iw_samples, ids=ids)})["ratio"]
 
     def complexity_dictionary(self) -> bytes:
         """zlib's preset dictionary for the `complexity` score: training sentences stored at export
