@@ -17,7 +17,8 @@ import torch
 from torch.nn.attention import SDPBackend, sdpa_kernel
 from torch.utils.flop_counter import FlopCounterMode
 
-from conftest import CONFIGS, PTB_DIR, REPO, framed_batch
+from conftest import CONFIGS, PTB_DIR, REPO, framed_batch, text_overrides
+from textvae.anomaly import SCORES
 from textvae.config import load_config
 from textvae.model import VAE
 
@@ -112,6 +113,24 @@ def test_bench_eval_reports_seconds_and_mfu_and_says_when_it_extrapolates(gru_ru
                                             / max(out["matmul_gflops_fp32"], out["matmul_gflops_bf16"]))
     assert out["precision"] == out["precision_requested"] == "32"
     assert isinstance(out["machine"]["cpu_bf16"], bool) and out["machine"]["cpu_capability"]
+
+
+def test_bench_ood_trains_each_seed_and_summarises_every_score(tmp_path, tiny_corpus):
+    lines = tiny_corpus["test"].read_text().splitlines()[:20]
+    out_of_domain = tmp_path / "out.txt"
+    out_of_domain.write_text("".join(f"{' '.join(reversed(line.split()))}\n" for line in lines))
+    rows = run_script("bench_ood.py", "--config", str(CONFIGS / "debug.yaml"), "--seeds", "0", "1",
+                      "--in-domain", str(tiny_corpus["test"]), "--out-of-domain", str(out_of_domain),
+                      "--iw-samples", "2", "--work", str(tmp_path / "runs"), *text_overrides(tiny_corpus),
+                      "--trainer.max_steps", "3", "--trainer.max_epochs", "1", "--eval.prior_samples", "4",
+                      "--eval.bleu_sentences", "4", "--eval.interp_pairs", "2", "--eval.num_samples_txt", "0")
+    seeds, last = rows[:-1], rows[-1]
+    assert [row["seed"] for row in seeds] == [0, 1] and (tmp_path / "runs" / "seed1" / "model").is_dir()
+    assert set(last["summary"]) == set(SCORES)  # ratio against the unigram background, length as the confound
+    for name in SCORES:
+        values = [row["scores"][name]["auroc"] for row in seeds]
+        assert last["summary"][name]["auroc"]["mean"] == pytest.approx(sum(values) / 2)
+        assert last["summary"][name]["auroc"]["std"] == pytest.approx(abs(values[0] - values[1]) / 2)
 
 
 FLOP_CASES = [
