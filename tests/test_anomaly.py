@@ -7,13 +7,15 @@ import json
 import math
 import random
 import shutil
+import subprocess
+import sys
 import zlib
 
 import numpy as np
 import pytest
 import torch
 
-from conftest import build_tiny_lm, run_main
+from conftest import REPO, build_tiny_lm, run_main
 from textvae.anomaly import SCORES, detection_metrics
 from textvae.api import TextVAE
 from textvae.errors import UserError
@@ -262,3 +264,31 @@ def test_score_refuses_an_unknown_score(gru_run, tmp_path):
     assert result.returncode == 2
     assert result.stderr.splitlines() == ["textvae: error: --by must be one of nll, nll_per_token, rate, rec, "
                                           "typicality, complexity, ratio, length, got 'surprise'"]
+
+
+# ------------------------------------------------------------------------------------ CLINC150
+def run_clinc150_text(*args: str):
+    return subprocess.run([sys.executable, str(REPO / "scripts" / "clinc150_text.py"), *args], capture_output=True,
+                          text=True, timeout=60)
+
+
+def test_the_clinc150_reader_writes_each_split_as_text(tmp_path):
+    data = {"train": [["what is my  balance", "balance"], ["book a table", "restaurant_reservation"]],
+            "val": [["how old are you", "how_old_are_you"]], "test": [["play some jazz", "play_music"]],
+            "oos_train": [["how tall is everest", "oos"]], "oos_val": [["who wrote hamlet", "oos"]],
+            "oos_test": [["what is the capital of peru", "oos"], ["  ", "oos"]]}
+    (tmp_path / "data_full.json").write_text(json.dumps(data))
+    result = run_clinc150_text(str(tmp_path / "data_full.json"), str(tmp_path / "out"))
+    assert result.returncode == 0 and result.stdout.strip() == str(tmp_path / "out"), result.stderr
+    files = {path.name: path.read_text() for path in (tmp_path / "out").iterdir()}
+    assert files == {"train.txt": "what is my balance\nbook a table\n", "valid.txt": "how old are you\n",
+                     "test.txt": "play some jazz\n", "oos_train.txt": "how tall is everest\n",
+                     "oos_valid.txt": "who wrote hamlet\n", "oos_test.txt": "what is the capital of peru\n"}
+
+
+def test_a_json_of_another_shape_is_one_line_and_exit_2(tmp_path):
+    (tmp_path / "other.json").write_text(json.dumps({"train": [], "val": []}))
+    result = run_clinc150_text(str(tmp_path / "other.json"), str(tmp_path / "out"))
+    assert result.returncode == 2 and not (tmp_path / "out").exists()
+    assert result.stderr.splitlines() == [f"clinc150_text: {tmp_path / 'other.json'} is not CLINC150's JSON: it needs "
+                                          "the keys train, val, test, oos_train, oos_val, oos_test"]
