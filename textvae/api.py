@@ -53,7 +53,7 @@ class TextVAE(TrainedModel):
 
         With `by` (a score name of anomaly.SCORES, or several), a dict of those anomaly scores
         instead, float64 tensors, higher = more anomalous; `typicality` uses the validation
-        statistics (`score_stats`), `ratio` a `background` ("unigram" or a textvae model)."""
+        statistics (`score_stats`), `ratio` a `background` (see `background_nll`)."""
         from textvae.anomaly import check_scores, raw_scores, with_complexity, with_typicality
         from textvae.evaluate import score_ids
 
@@ -121,17 +121,25 @@ class TextVAE(TrainedModel):
         """`score_stats` of `ratio` against `background` on the validation split, computed now
         (backgrounds are chosen at scoring time, so nothing is stored), with a line on stderr."""
         from textvae.anomaly import score_stats
+
+        log.warning("score: computing the validation statistics of ratio against %s", background)
+        ids, lines, scores = self._validation_pass(iw_samples)
+        nll = scores.nll.double().cpu().numpy()
+        return score_stats({"ratio": nll - self.background_nll(lines, background, iw_samples, ids=ids)})["ratio"]
+
+    def _validation_pass(self, iw_samples: int | None = None):
+        """(framed ids, text, evaluate.Scores) of the validation split of the data the model was
+        trained on, scored with K = `iw_samples` (default: the stored K) once per K."""
         from textvae.data import load_corpus
         from textvae.evaluate import score_ids
         from textvae.tokenizer import decode_ids
 
-        corpus, _ = load_corpus(self.config.data, self.tokenizer, splits=("valid",))
-        ids = list(corpus["valid"].ids)
-        log.warning("score: computing the validation statistics of ratio against %s (%d sentences)", background,
-                    len(ids))
-        nll = score_ids(self, ids, iw_samples or self.default_iw_samples).nll.double().cpu().numpy()
-        lines = list(decode_ids(self.tokenizer, ids))
-        return score_stats({"ratio": nll - self.background_nll(lines, background, iw_samples, ids=ids)})["ratio"]
+        k = iw_samples or self.default_iw_samples
+        if getattr(self, "_validation", (None,))[0] != k:
+            corpus, _ = load_corpus(self.config.data, self.tokenizer, splits=("valid",))
+            ids = list(corpus["valid"].ids)
+            self._validation = (k, ids, list(decode_ids(self.tokenizer, ids)), score_ids(self, ids, k))
+        return self._validation[1:]
 
     def complexity_dictionary(self) -> bytes:
         """zlib's preset dictionary for the `complexity` score: training sentences stored at export
@@ -163,18 +171,12 @@ class TextVAE(TrainedModel):
             return stored["scores"]
         if getattr(self, "_computed_stats", None) is None:
             from textvae.anomaly import validation_stats
-            from textvae.data import load_corpus
-            from textvae.evaluate import score_ids
-            from textvae.tokenizer import decode_ids
 
-            k = iw_samples or self.default_iw_samples
-            corpus, _ = load_corpus(self.config.data, self.tokenizer, splits=("valid",))
-            ids = list(corpus["valid"].ids)
             log.warning("score: this model stores no validation statistics; computing them from its validation "
-                        "split (%d sentences at K = %d)", len(ids), k)
-            scores = score_ids(self, ids, k)
-            self._computed_stats = validation_stats(scores.nll, scores.rec, scores.kl, scores.tokens,
-                                                    list(decode_ids(self.tokenizer, ids)), self.complexity_dictionary())
+                        "split at K = %d", iw_samples or self.default_iw_samples)
+            _, lines, scores = self._validation_pass(iw_samples)
+            self._computed_stats = validation_stats(scores.nll, scores.rec, scores.kl, scores.tokens, lines,
+                                                    self.complexity_dictionary())
         return self._computed_stats
 
     def anomaly_threshold(self, percentile: float, by: str = "nll_per_token", background: str | None = None) -> float:
