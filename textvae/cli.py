@@ -286,7 +286,7 @@ def build_parser() -> argparse.ArgumentParser:
     model = _Parser(add_help=False)
     model.add_argument("--model", default="runs/latest", help="model or run directory (default: runs/latest)")
     model.add_argument("--precision", choices=("32", "bf16"), default="32",
-                       help="bf16: bfloat16 autocast, about 3x faster on CPUs with bf16 units")
+                       help="bf16: bfloat16 autocast, about 3x faster on GPUs and CPUs with bf16 units (float32 on CPUs without)")
     model.add_argument("--device", default="auto",
                        help="auto (CUDA when available, else MPS, else CPU), cpu, cuda, cuda:N or mps; all the "
                             "command's work runs there")
