@@ -286,7 +286,8 @@ def build_parser() -> argparse.ArgumentParser:
     model = _Parser(add_help=False)
     model.add_argument("--model", default="runs/latest", help="model or run directory (default: runs/latest)")
     model.add_argument("--precision", choices=("32", "bf16"), default="32",
-                       help="bf16: bfloat16 autocast, about 3x faster on GPUs and CPUs with bf16 units (float32 on CPUs without)")
+                       help="bf16: bfloat16 autocast, about 3x faster on GPUs and CPUs with bf16 units "
+                            "(float32 on CPUs without)")
     model.add_argument("--device", default="auto",
                        help="auto (CUDA when available, else MPS, else CPU), cpu, cuda, cuda:N or mps; all the "
                             "command's work runs there")
@@ -364,10 +365,12 @@ def build_parser() -> argparse.ArgumentParser:
                        help="text: nll (or the --by score), nll/token, tokens, flag, sentence (tab-separated)")
     score.add_argument("--by", nargs="+", metavar="SCORE",
                        help="anomaly scores (higher = more anomalous): nll, nll_per_token, rate, rec, typicality, "
-                            "complexity, ratio (with --background), length; the first takes the nll column and the threshold, jsonl prints every one "
-                            "(default: nll and nll_per_token, the threshold on nll_per_token)")
+                            "complexity, ratio (with --background), length; the first takes the nll column and the "
+                            "threshold, jsonl prints every one (default: nll and nll_per_token, the threshold on "
+                            "nll_per_token)")
     score.add_argument("--background", metavar="MODEL",
-                       help="the background of --by ratio: unigram, a textvae model directory, or a HF causal LM directory or .gguf file")
+                       help="the background of --by ratio: unigram, a textvae model directory, or a HF causal LM "
+                            "directory or .gguf file")
     score.set_defaults(handler=cmd_score)
 
     ood = commands.add_parser("evaluate-ood", parents=[common, model],
@@ -376,7 +379,8 @@ def build_parser() -> argparse.ArgumentParser:
     ood.add_argument("--out-of-domain", required=True, help="file of out-of-domain lines (the positives)")
     ood.add_argument("--by", nargs="+", metavar="SCORE",
                      help="scores to report (default: all, ratio with --background); length always")
-    ood.add_argument("--background", metavar="MODEL", help="the background of ratio: unigram, a textvae model, or a HF causal LM directory or .gguf file")
+    ood.add_argument("--background", metavar="MODEL",
+                     help="the background of ratio: unigram, a textvae model, or a HF causal LM directory or .gguf file")
     ood.add_argument("--iw-samples", type=int, default=None,
                      help="importance samples K (default: the K of the model's validation statistics, else 100)")
     ood.add_argument("--seed", type=int, default=0, help="random seed of the importance samples")

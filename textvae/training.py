@@ -218,7 +218,8 @@ def train(config: Config, resume: bool = False, overwrite: bool = False) -> Path
     if kwargs["enable_progress_bar"] is None:
         kwargs["enable_progress_bar"] = sys.stderr.isatty()
     precision = str(kwargs["precision"])
-    on_cpu = kwargs["accelerator"] == "cpu" or (kwargs["accelerator"] == "auto" and resolve_device("auto").type == "cpu")
+    accelerator = kwargs["accelerator"]
+    on_cpu = accelerator == "cpu" or (accelerator == "auto" and resolve_device("auto").type == "cpu")
     if precision.startswith("bf16") and on_cpu and bf16_fallback(torch.device("cpu"), f"trainer.precision {precision}"):
         kwargs["precision"] = "32-true"
     trainer = make_trainer(kwargs, default_root_dir=run_dir, callbacks=callbacks, logger=loggers)
@@ -287,11 +288,10 @@ def finish_run(run_dir: Path, config: Config, datamodule: TextDataModule, checkp
     vae.extra["score_quantiles"] = {"iw_samples": config.eval.iw_samples, "split": "valid",
                                     "sentences": len(per_token), "nats_per_token": [round(q, 5) for q in quantiles]}
     valid = scores["valid"]
+    valid_text = list(decode_ids(vae.tokenizer, (corpus["valid"].ids[i] for i in range(len(valid.nll)))))
+    stats = validation_stats(valid.nll, valid.rec, valid.kl, valid.tokens, valid_text, vae.zlib_dict)
     vae.extra["score_stats"] = {"iw_samples": config.eval.iw_samples, "split": "valid", "sentences": len(per_token),
-                                "scores": validation_stats(valid.nll, valid.rec, valid.kl, valid.tokens,
-                                                           list(decode_ids(vae.tokenizer, (corpus["valid"].ids[i] for i in
-                                                                                           range(len(valid.nll))))),
-                                                           vae.zlib_dict)}
+                                "scores": stats}
     vae.save_config(run_dir / "model")
     metrics["iw_samples"] = config.eval.iw_samples
     metrics["prior_strategy"] = PRIOR_STRATEGY
