@@ -400,10 +400,16 @@ def ood_clinc150(entries: dict) -> str:
             "fpr95": min(row["fpr95"] for row in scored)}
     for name, vocabulary in models.items():
         entry = entries[name]
+        spread = entry.get("summary", {})  # over seeds, where there are several
         for score, row in entry["scores"].items():
-            cells = [f"**{f(100 * row[key])}**" if score != "length" and row[key] == best[key] else f(100 * row[key])
-                     for key in ("auroc", "aupr", "fpr95")]
-            rows.append([f"textvae, {vocabulary}: {entry.get('labels', {}).get(score, f'`{score}`')}", *cells])
+            cells = []
+            for key in ("auroc", "aupr", "fpr95"):
+                cell = f(100 * row[key])
+                if score in spread:
+                    cell = f"{f(100 * spread[score][key]['mean'])} ± {f(100 * spread[score][key]['std'])}"
+                cells.append(f"**{cell}**" if score != "length" and row[key] == best[key] else cell)
+            seeds = f" ({len(entry['seeds'])} seeds)" if spread else ""
+            rows.append([f"textvae, {vocabulary}{seeds}: {entry.get('labels', {}).get(score, f'`{score}`')}", *cells])
     return table(["score", "AUROC", "AUPR", "FPR@95"], rows)
 
 
