@@ -408,7 +408,7 @@ def ood_clinc150(entries: dict) -> str:
                 if score in spread:
                     cell = f"{f(100 * spread[score][key]['mean'])} ± {f(100 * spread[score][key]['std'])}"
                 cells.append(f"**{cell}**" if score != "length" and row[key] == best[key] else cell)
-            seeds = f" ({len(entry['seeds'])} seeds)" if spread else ""
+            seeds = f" ({len(entry['seeds'])} seeds)" if score in spread else ""
             rows.append([f"textvae, {vocabulary}{seeds}: {entry.get('labels', {}).get(score, f'`{score}`')}", *cells])
     return table(["score", "AUROC", "AUPR", "FPR@95"], rows)
 
