@@ -163,10 +163,8 @@ def with_typicality(scores: dict[str, np.ndarray], stats: dict[str, dict]) -> di
 
 
 def percentile_of(stats: dict[str, dict], name: str, percentile: float) -> float:
-    """The `percentile`-th percentile of score `name` on the validation split (linear between
-    the stored quantiles)."""
-    if not 0 <= percentile <= 100:
-        raise UserError(f"--percentile must be in [0, 100], got {percentile}")
+    """The `percentile`-th percentile (0-100) of score `name` on the validation split (linear
+    between the stored quantiles)."""
     values = stats[name]["quantiles"]
     return float(np.interp(percentile / 100 * (len(values) - 1), np.arange(len(values)), values))
 

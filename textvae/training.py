@@ -167,15 +167,6 @@ def run_info() -> dict:
             "python": platform.python_version(), "torch": torch.__version__, "lightning": L.__version__}
 
 
-def make_trainer(kwargs: dict, **fixed) -> L.Trainer:
-    """A Lightning trainer from the config's `kwargs` and textvae's `fixed` ones; an argument
-    Lightning refuses is a one-line UserError."""
-    try:
-        return L.Trainer(**kwargs, **fixed, use_distributed_sampler=False, enable_model_summary=False)
-    except (ValueError, MisconfigurationException, ModuleNotFoundError) as error:
-        raise UserError(f"config: trainer: {str(error).splitlines()[0]}") from None
-
-
 def train(config: Config, resume: bool = False, overwrite: bool = False) -> Path:
     """Train a model as `config` says; returns the run directory."""
     run_dir = Path(config.output_dir)
@@ -222,7 +213,11 @@ def train(config: Config, resume: bool = False, overwrite: bool = False) -> Path
     on_cpu = accelerator == "cpu" or (accelerator == "auto" and resolve_device("auto").type == "cpu")
     if precision.startswith("bf16") and on_cpu and bf16_fallback(torch.device("cpu"), f"trainer.precision {precision}"):
         kwargs["precision"] = "32-true"
-    trainer = make_trainer(kwargs, default_root_dir=run_dir, callbacks=callbacks, logger=loggers)
+    try:
+        trainer = L.Trainer(**kwargs, default_root_dir=run_dir, callbacks=callbacks, logger=loggers,
+                            use_distributed_sampler=False, enable_model_summary=False)
+    except (ValueError, MisconfigurationException, ModuleNotFoundError) as error:
+        raise UserError(f"config: trainer: {str(error).splitlines()[0]}") from None
     if not child:  # config, data and trainer settings are good: only now does the run directory change
         if overwrite and resume_from is None:
             for name in ("checkpoints", "logs"):  # model/ stays until a new export replaces it
@@ -283,15 +278,13 @@ def finish_run(run_dir: Path, config: Config, datamodule: TextDataModule, checkp
     metrics, scores = {}, {}
     for split in ("valid", "test"):
         metrics[split], scores[split] = evaluate(vae, corpus[split].ids, training_text)
-    per_token = torch.sort(scores["valid"].nll / scores["valid"].tokens).values
-    quantiles = torch.quantile(per_token, torch.linspace(0, 1, 1001, device=per_token.device)).tolist()
-    vae.extra["score_quantiles"] = {"iw_samples": config.eval.iw_samples, "split": "valid",
-                                    "sentences": len(per_token), "nats_per_token": [round(q, 5) for q in quantiles]}
     valid = scores["valid"]
     valid_text = list(decode_ids(vae.tokenizer, (corpus["valid"].ids[i] for i in range(len(valid.nll)))))
     stats = validation_stats(valid.nll, valid.rec, valid.kl, valid.tokens, valid_text, vae.zlib_dict)
-    vae.extra["score_stats"] = {"iw_samples": config.eval.iw_samples, "split": "valid", "sentences": len(per_token),
-                                "scores": stats}
+    about = {"iw_samples": config.eval.iw_samples, "split": "valid", "sentences": len(valid.nll)}
+    vae.extra["score_stats"] = {**about, "scores": stats}
+    # The per-token quantiles again, in the form textvae versions before score_stats read.
+    vae.extra["score_quantiles"] = {**about, "nats_per_token": stats["nll_per_token"]["quantiles"]}
     vae.save_config(run_dir / "model")
     metrics["iw_samples"] = config.eval.iw_samples
     metrics["prior_strategy"] = PRIOR_STRATEGY
