@@ -4,7 +4,7 @@ and FPR@95 on each pair, and how the 95th-percentile flag rate on PTB test depen
 
     python scripts/ptb_ood.py --model runs/ptb [--ptb data/ptb]
         [--wiki ../shared/data/clinc150/all_wiki_sents.txt] [--sets data/ptb_ood]
-        [--iw-samples K] [--background unigram] [--seed 0] [--sets-only]
+        [--iw-samples K] [--background unigram] [--seed 0] [--max-lines N] [--sets-only]
 
 The pairs (SETS/NAME.in.txt vs SETS/NAME.out.txt):
 
@@ -17,7 +17,7 @@ The pairs (SETS/NAME.in.txt vs SETS/NAME.out.txt):
 
 `length_bias`: each score's flag rate on the shortest and the longest quarter of PTB test (lines
 ranked by word count) at the score's 95th validation percentile, and the larger over the smaller.
-`--sets-only` writes the files and stops (then `textvae evaluate-ood --in-domain
+`--max-lines N` keeps N random pairs of each set (a quicker look). `--sets-only` writes the files and stops (then `textvae evaluate-ood --in-domain
 SETS/wiki.in.txt --out-of-domain SETS/wiki.out.txt` scores one pair). Prints one JSON object.
 """
 
@@ -125,6 +125,19 @@ def build_sets(ptb: Path, wiki: Path, seed: int) -> dict[str, tuple[list[str], l
             "valid": length_matched(test, valid, seed)}
 
 
+def at_most(sets: dict[str, tuple[list[str], list[str]]], lines: int | None, seed: int) -> dict:
+    """At most `lines` pairs of each set, drawn at random; the i-th lines of both sides go
+    together, so length matching and pairing survive."""
+    if lines is None:
+        return sets
+    rng = random.Random(seed)
+    kept = {}
+    for name, (inside, outside) in sets.items():
+        rows = sorted(rng.sample(range(len(inside)), min(lines, len(inside))))
+        kept[name] = ([inside[i] for i in rows], [outside[i] for i in rows])
+    return kept
+
+
 def write_sets(sets: dict[str, tuple[list[str], list[str]]], folder: Path) -> None:
     folder.mkdir(parents=True, exist_ok=True)
     for name, (inside, outside) in sets.items():
@@ -134,14 +147,15 @@ def write_sets(sets: dict[str, tuple[list[str], list[str]]], folder: Path) -> No
 
 def flag_rates_by_length(scores: np.ndarray, lengths: np.ndarray, threshold: float) -> dict[str, float]:
     """Share of lines above `threshold` in the shortest and the longest quarter of the lines
-    (ranked by length, ties kept in file order), and the larger share over the smaller."""
+    (ranked by length, ties kept in file order), and the larger share over the smaller (None
+    where only one quarter has flagged lines)."""
     order = np.argsort(lengths, kind="stable")
     quarter = len(order) // 4
     shortest = float((scores[order[:quarter]] > threshold).mean())
     longest = float((scores[order[-quarter:]] > threshold).mean())
     low, high = sorted((shortest, longest))
     return {"threshold": threshold, "shortest": shortest, "longest": longest,
-            "ratio": high / low if low > 0 else (1.0 if high == 0 else float("inf"))}
+            "ratio": high / low if low > 0 else (1.0 if high == 0 else None)}
 
 
 def evaluate(vae, sets: dict, names: list[str], iw_samples: int | None, background: str | None, seed: int) -> dict:
@@ -157,7 +171,7 @@ def evaluate(vae, sets: dict, names: list[str], iw_samples: int | None, backgrou
                                         for side in (inside, outside)],
                          "scores": {score: detection_metrics(values[rows[0]], values[rows[1]])
                                     for score, values in ((s, scores[s].numpy()) for s in names)}}
-    test = sets["shuffled"][0]  # PTB test, every line with two or more distinct words
+    test = sets["random20"][0]  # PTB test (or --max-lines of it)
     rows = np.array([index[line] for line in test])
     lengths = np.array([len(line.split()) for line in test])
     bias = {score: flag_rates_by_length(scores[score].numpy()[rows], lengths,
@@ -175,11 +189,14 @@ def main(argv=None) -> None:
     parser.add_argument("--iw-samples", type=int, default=None, help="K (default: the model's stored K)")
     parser.add_argument("--background", default="unigram", help="for ratio: unigram, a textvae model, a HF causal LM")
     parser.add_argument("--seed", type=int, default=0, help="seeds the sets and the importance samples")
+    parser.add_argument("--max-lines", type=int, default=None, help="at most N lines per side of each pair")
     parser.add_argument("--sets-only", action="store_true", help="write the pairs and stop")
     args = parser.parse_args(argv)
     if not args.sets_only and not args.model:
         raise UserError("--model is required (or --sets-only)")
-    sets = build_sets(args.ptb, args.wiki, args.seed)
+    if args.max_lines is not None and args.max_lines < 1:
+        raise UserError(f"--max-lines must be at least 1, got {args.max_lines}")
+    sets = at_most(build_sets(args.ptb, args.wiki, args.seed), args.max_lines, args.seed)
     write_sets(sets, args.sets)
     if args.sets_only:
         print(json.dumps({"sets": {name: [len(inside), len(outside)] for name, (inside, outside) in sets.items()},
@@ -191,7 +208,7 @@ def main(argv=None) -> None:
     vae = TextVAE.from_pretrained(args.model)
     start = time.perf_counter()
     report = evaluate(vae, sets, list(SCORES), args.iw_samples, args.background, args.seed)
-    print(json.dumps({"model": args.model, "iw_samples": args.iw_samples or vae.default_iw_samples,
+    print(json.dumps({"model": args.model, "max_lines": args.max_lines, "iw_samples": args.iw_samples or vae.default_iw_samples,
                       "background": args.background, "seed": args.seed, **report,
                       "seconds": time.perf_counter() - start, "machine": machine()}))
 

@@ -59,12 +59,25 @@ def test_a_fifth_of_the_words_are_replaced_by_vocabulary_words():
         assert all(after[j] in vocabulary for j in differing)
 
 
+def test_at_most_keeps_pairs_together():
+    sets = {"wiki": ptb_ood.length_matched(synthetic_sentences(200, 0), synthetic_sentences(200, 1), seed=0),
+            "shuffled": ptb_ood.shuffled(synthetic_sentences(50, 2), seed=0)}
+    kept = ptb_ood.at_most(sets, 20, seed=1)
+    for name, (inside, outside) in kept.items():
+        assert len(inside) == len(outside) == 20
+        for a, b in zip(inside, outside):
+            assert len(a.split()) == len(b.split())
+            assert name != "shuffled" or sorted(a.split()) == sorted(b.split())
+    assert ptb_ood.at_most(sets, None, seed=1) is sets
+
+
 def test_flag_rates_by_length_on_a_hand_computed_case():
     lengths = np.array([5, 1, 2, 9, 3, 8, 7, 4])  # quarters by length: [1, 2], ..., [8, 9]
     scores = np.array([0.0, 3.0, 1.0, 2.0, 0.0, 0.0, 0.0, 0.0])
     rates = ptb_ood.flag_rates_by_length(scores, lengths, threshold=0.5)
     assert rates == {"threshold": 0.5, "shortest": 1.0, "longest": 0.5, "ratio": 2.0}
     assert ptb_ood.flag_rates_by_length(np.zeros(8), lengths, 0.5)["ratio"] == 1.0
+    assert ptb_ood.flag_rates_by_length(lengths * 1.0, lengths, 2.5)["ratio"] is None  # shortest: none flagged
 
 
 @pytest.fixture(scope="module")
@@ -99,6 +112,8 @@ def test_the_report_holds_every_score_on_every_pair(gru_run, ptb_like, tmp_path,
     assert report["length_bias"]["rate"]["threshold"] == pytest.approx(vae.anomaly_threshold(95, by="rate"))
 
 
-def test_the_report_needs_a_model(tmp_path, capsys):
-    with pytest.raises(ptb_ood.UserError, match="--model is required"):
-        ptb_ood.main(["--sets", str(tmp_path)])
+@pytest.mark.parametrize("args, message", [([], "--model is required"),
+                                           (["--model", "m", "--max-lines", "0"], "--max-lines must be at least 1")])
+def test_bad_arguments_are_refused(args, message, tmp_path):
+    with pytest.raises(ptb_ood.UserError, match=message):
+        ptb_ood.main(["--sets", str(tmp_path), *args])
