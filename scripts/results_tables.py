@@ -413,6 +413,33 @@ def ood_clinc150(entries: dict) -> str:
     return table(["score", "AUROC", "AUPR", "FPR@95"], rows)
 
 
+PTB_OOD_SETS = {"wiki": "Wikipedia", "shuffled": "words shuffled", "random20": "20% random words",
+                "valid": "PTB valid (control)"}
+
+
+def ood_ptb(entries: dict) -> str:
+    """Every score (rows) against every length-matched pair (columns): AUROC / AUPR / FPR@95."""
+    sets = entries["ptb_ood"]["sets"]
+    header = ["score", *(f"{label}: AUROC / AUPR / FPR@95" for label in PTB_OOD_SETS.values())]
+    rows = [[f"`{score}`" + (" (`--background unigram`)" if score == "ratio" else ""),
+             *(" / ".join(f(100 * sets[name]["scores"][score][key], 1) for key in ("auroc", "aupr", "fpr95"))
+               for name in PTB_OOD_SETS)]
+            for score in sets["wiki"]["scores"]]
+    rows.append(["lines per side (mean words in / out)",
+                 *(f"{sets[name]['lines'][0]:,} ({f(sets[name]['mean_words'][0], 1)} / "
+                   f"{f(sets[name]['mean_words'][1], 1)})" for name in PTB_OOD_SETS)])
+    return table(header, rows)
+
+
+def ood_ptb_length(entries: dict) -> str:
+    """Each score's 95th-percentile flag rate on PTB test's shortest and longest quarters."""
+    bias = entries["ptb_ood"]["length_bias"]
+    rows = [[f"`{score}`", f(row["threshold"], 3), pct(row["shortest"]), pct(row["longest"]),
+             f(row["ratio"])] for score, row in bias.items()]
+    return table(["score", "threshold (95th percentile of valid)", "flagged, shortest quarter",
+                  "flagged, longest quarter", "larger / smaller"], rows)
+
+
 def headline_of(entry: dict) -> str:
     """A few figures that identify an entry in the index."""
     if "test" in entry or "valid" in entry:
@@ -441,6 +468,11 @@ def headline_of(entry: dict) -> str:
         best = max((n for n in entry["scores"] if n != "length"), key=lambda n: entry["scores"][n]["auroc"])
         row = entry["scores"][best]
         return f"best score {best}: AUROC {100 * row['auroc']:.2f}, FPR@95 {100 * row['fpr95']:.2f}"
+    if entry.get("name") == "ptb_ood":
+        wiki = entry["sets"]["wiki"]["scores"]
+        best = max((n for n in wiki if n != "length"), key=lambda n: wiki[n]["auroc"])
+        return (f"best against Wikipedia: {best}, AUROC {100 * wiki[best]['auroc']:.1f}; control "
+                f"nll_per_token AUROC {100 * entry['sets']['valid']['scores']['nll_per_token']['auroc']:.1f}")
     if entry.get("name") == "bench_data_end_of_run":
         return (f"3M/1M lines: warm time {entry['warm_time_ratio_largest_to_smallest']:.2f}×, peak RSS "
                 f"{entry['rss_ratio_largest_to_smallest']:.2f}×")
@@ -463,6 +495,8 @@ def estimator_of(entry: dict) -> str:
         return "wall time to the first batch, peak RSS"
     if entry.get("name", "").startswith("clinc150_ood"):
         return f"in-scope test vs oos_test, IW-NLL K = {entry['iw_samples']}"
+    if entry.get("name") == "ptb_ood":
+        return f"PTB test vs length-matched sets, IW-NLL K = {entry['iw_samples']}"
     if entry.get("name") == "bench_data_end_of_run":
         return "wall time of a whole 20-step run, peak RSS"
     if entry.get("name", "").startswith("bench_eval_"):
@@ -517,7 +551,8 @@ def rate_distortion(entries: dict) -> str:
 TABLES = {"rate_distortion": rate_distortion, "index": index, "headline": headline, "ptb": ptb, "ptb_goals": ptb_goals, "rate_sweep": rate_sweep,
           "rate_valid": rate_valid, "diag": diag, "encoders": encoders, "decoder_path": decoder_path,
           "compression": compression, "bits": bits, "large_corpora": large_corpora, "end_of_run": end_of_run,
-          "iw_cpus": iw_cpus, "ood_clinc150": ood_clinc150}
+          "iw_cpus": iw_cpus, "ood_clinc150": ood_clinc150,
+          "ood_ptb": ood_ptb, "ood_ptb_length": ood_ptb_length}
 
 
 def documents() -> list[Path]:
