@@ -208,8 +208,8 @@ def main(argv=None) -> None:
     vae = TextVAE.from_pretrained(args.model)
     start = time.perf_counter()
     report = evaluate(vae, sets, list(SCORES), args.iw_samples, args.background, args.seed)
-    print(json.dumps({"model": args.model, "max_lines": args.max_lines, "iw_samples": args.iw_samples or vae.default_iw_samples,
-                      "background": args.background, "seed": args.seed, **report,
+    print(json.dumps({"model": args.model, "max_lines": args.max_lines,
+                      "iw_samples": args.iw_samples or vae.default_iw_samples, "background": args.background, "seed": args.seed, **report,
                       "seconds": time.perf_counter() - start, "machine": machine()}))
 
 
