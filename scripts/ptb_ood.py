@@ -17,8 +17,9 @@ The pairs (SETS/NAME.in.txt vs SETS/NAME.out.txt):
 
 `length_bias`: each score's flag rate on the shortest and the longest quarter of PTB test (lines
 ranked by word count) at the score's 95th validation percentile, and the larger over the smaller.
-`--max-lines N` keeps N random pairs of each set (a quicker look). `--sets-only` writes the files and stops (then `textvae evaluate-ood --in-domain
-SETS/wiki.in.txt --out-of-domain SETS/wiki.out.txt` scores one pair). Prints one JSON object.
+`--max-lines N` keeps N random pairs of each set (a quicker look). `--sets-only` writes the files
+and stops (then `textvae evaluate-ood --in-domain SETS/wiki.in.txt --out-of-domain
+SETS/wiki.out.txt` scores one pair). Prints one JSON object.
 """
 
 from __future__ import annotations
@@ -99,7 +100,8 @@ def shuffled(lines: list[str], seed: int) -> tuple[list[str], list[str]]:
     return kept, changed
 
 
-def replaced(lines: list[str], vocabulary: list[str], seed: int, share: float = REPLACED) -> tuple[list[str], list[str]]:
+def replaced(lines: list[str], vocabulary: list[str], seed: int,
+             share: float = REPLACED) -> tuple[list[str], list[str]]:
     """Each line with round(share x words) of its words (at least one) swapped for other words
     drawn uniformly from `vocabulary`."""
     rng = random.Random(seed)
@@ -209,7 +211,8 @@ def main(argv=None) -> None:
     start = time.perf_counter()
     report = evaluate(vae, sets, list(SCORES), args.iw_samples, args.background, args.seed)
     print(json.dumps({"model": args.model, "max_lines": args.max_lines,
-                      "iw_samples": args.iw_samples or vae.default_iw_samples, "background": args.background, "seed": args.seed, **report,
+                      "iw_samples": args.iw_samples or vae.default_iw_samples, "background": args.background,
+                      "seed": args.seed, **report,
                       "seconds": time.perf_counter() - start, "machine": machine()}))
 
 
