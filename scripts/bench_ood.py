@@ -25,19 +25,11 @@ import numpy as np
 import textvae
 from textvae.api import TextVAE
 from textvae.benchmarking import machine
+from textvae.cli import read_nonempty_lines
 from textvae.config import load_config
 from textvae.errors import UserError
 
 METRICS = ("auroc", "aupr", "fpr95")
-
-
-def read_lines(path: str) -> list[str]:
-    if not Path(path).is_file():
-        raise UserError(f"file not found: {path}")
-    lines = [line for line in Path(path).read_text(encoding="utf-8").splitlines() if line.strip()]
-    if not lines:
-        raise UserError(f"{path} has no non-empty lines")
-    return lines
 
 
 def summary(per_seed: list[dict]) -> dict:
@@ -61,7 +53,7 @@ def main(argv=None) -> None:
     parser.add_argument("--iw-samples", type=int, default=None, help="K (default: the config's eval.iw_samples)")
     parser.add_argument("--work", type=Path, default=Path("runs/bench_ood"))
     args, train_flags = parser.parse_known_args(argv)
-    inside, outside = read_lines(args.in_domain), read_lines(args.out_of_domain)
+    inside, outside = read_nonempty_lines(args.in_domain), read_nonempty_lines(args.out_of_domain)
     per_seed = []
     for seed in args.seeds:
         config = load_config(args.config, [*train_flags, "--seed", str(seed),

@@ -36,6 +36,7 @@ from pathlib import Path
 import numpy as np
 
 from textvae.anomaly import SCORES, detection_metrics
+from textvae.cli import read_nonempty_lines
 from textvae.errors import UserError
 from textvae.files import atomic_write_text
 
@@ -45,13 +46,8 @@ REPLACED = 0.2
 
 
 def read_lines(path: Path) -> list[str]:
-    if not path.is_file():
-        raise UserError(f"file not found: {path}")
-    lines = [" ".join(line.split()) for line in path.read_text(encoding="utf-8").splitlines()]
-    lines = [line for line in lines if line]
-    if not lines:
-        raise UserError(f"{path} has no non-empty lines")
-    return lines
+    """The file's non-empty lines, whitespace runs collapsed."""
+    return [" ".join(line.split()) for line in read_nonempty_lines(str(path))]
 
 
 def ptb_conventions(line: str) -> str:
@@ -165,18 +161,19 @@ def evaluate(vae, sets: dict, names: list[str], iw_samples: int | None, backgrou
     lines = sorted({line for pair in sets.values() for side in pair for line in side})
     scores = vae.score(lines, iw_samples=iw_samples, seed=seed, by=names, background=background)
     index = {line: i for i, line in enumerate(lines)}
+    values = {name: scores[name].numpy() for name in names}
     results = {}
     for name, (inside, outside) in sets.items():
         rows = [np.array([index[line] for line in side]) for side in (inside, outside)]
         results[name] = {"lines": [len(inside), len(outside)],
                          "mean_words": [float(np.mean([len(line.split()) for line in side]))
                                         for side in (inside, outside)],
-                         "scores": {score: detection_metrics(values[rows[0]], values[rows[1]])
-                                    for score, values in ((s, scores[s].numpy()) for s in names)}}
+                         "scores": {score: detection_metrics(values[score][rows[0]], values[score][rows[1]])
+                                    for score in names}}
     test = sets["random20"][0]  # PTB test (or --max-lines of it)
     rows = np.array([index[line] for line in test])
     lengths = np.array([len(line.split()) for line in test])
-    bias = {score: flag_rates_by_length(scores[score].numpy()[rows], lengths,
+    bias = {score: flag_rates_by_length(values[score][rows], lengths,
                                         vae.anomaly_threshold(95, by=score, background=background))
             for score in names if score != "length"}
     return {"sets": results, "length_bias": bias}

@@ -48,6 +48,18 @@ def read_input_lines(source: str) -> list[str]:
         return [text for line in utf8_lines(handle, source) for text in line.splitlines()]
 
 
+def read_nonempty_lines(source: str, flag: str = "") -> list[str]:
+    """The non-empty lines of FILE; a missing file or one with no such line is a UserError
+    (prefixed with `flag`, the option that named the file, where given)."""
+    prefix = f"{flag}: " if flag else ""
+    if not Path(source).is_file():
+        raise UserError(f"{prefix}file not found: {source}")
+    lines = [line for line in read_input_lines(source) if line.strip()]
+    if not lines:
+        raise UserError(f"{prefix}{source} has no non-empty lines")
+    return lines
+
+
 def read_input_text(source: str) -> str:
     """All of FILE (or stdin for '-') as one exact string; non-UTF-8 bytes fail naming the line."""
     from textvae.data import utf8_lines
@@ -237,13 +249,8 @@ def cmd_evaluate_ood(args, rest) -> None:
     names = check_scores(args.by or [name for name in SCORES if name != "ratio" or args.background])
     if "ratio" in names and args.background is None:
         raise UserError(NO_BACKGROUND)
-    sides = {}
-    for flag, source in (("--in-domain", args.in_domain), ("--out-of-domain", args.out_of_domain)):
-        if not Path(source).is_file():
-            raise UserError(f"{flag}: file not found: {source}")
-        sides[flag] = [line for line in read_input_lines(source) if line.strip()]
-        if not sides[flag]:
-            raise UserError(f"{flag}: {source} has no non-empty lines")
+    sides = {flag: read_nonempty_lines(source, flag)
+             for flag, source in (("--in-domain", args.in_domain), ("--out-of-domain", args.out_of_domain))}
     vae = _load(args)
     results = vae.ood_metrics(sides["--in-domain"], sides["--out-of-domain"], by=names, iw_samples=args.iw_samples,
                               seed=args.seed, background=args.background)
