@@ -519,32 +519,44 @@ def index(entries: dict) -> str:
 # the rate-distortion table. Optimus: BERT encoder + GPT-2 117M decoder (full precision), pretrained
 # on Wikipedia then fine-tuned one epoch on PTB; PPL from 100 importance samples; rec per GPT-2 token
 # sum. Li et al. 2019: LSTM, autoencoder pretraining + free bits 5.
-ANCHORS = [
-    ("Optimus λ = 0.05 (Li et al. 2020, Table 2)", 4.88, 86.43, 91.31, None, None),
-    ("Optimus λ = 0.5 (Li et al. 2020, Table 2)", 15.72, 81.09, 96.82, 7.64, 32),
-    ("Optimus λ = 1.0 (Li et al. 2020, Table 2)", 28.50, 77.65, 106.15, None, None),
-    ("LSTM, AE pretraining + free bits (Li et al. 2019)", 6.54, 95.87, 102.41, 5.31, 32),
+ANCHORS = [  # label, short label (the picture's), KL, rec, -ELBO, MI, AU
+    ("Optimus λ = 0.05 (Li et al. 2020, Table 2)", "Optimus λ=0.05", 4.88, 86.43, 91.31, None, None),
+    ("Optimus λ = 0.5 (Li et al. 2020, Table 2)", "Optimus λ=0.5", 15.72, 81.09, 96.82, 7.64, 32),
+    ("Optimus λ = 1.0 (Li et al. 2020, Table 2)", "Optimus λ=1.0", 28.50, 77.65, 106.15, None, None),
+    ("LSTM, AE pretraining + free bits (Li et al. 2019)", "Li et al. 2019 LSTM", 6.54, 95.87, 102.41, 5.31, 32),
 ]
-RATE_DISTORTION = {  # name: label
-    "ptb_lowrate": "textvae GRU, `configs/ptb_lowrate.yaml`",
-    "ptb": "textvae GRU, `configs/ptb.yaml`",
-    "ptb_minilm": "textvae MiniLM + GRU, `configs/ptb_minilm.yaml`",
-    "ptb_smollm2_kl15": "textvae MiniLM + SmolLM2-135M (4-bit weights), `configs/ptb_smollm2.yaml`",
+RATE_DISTORTION = {  # name: (label, short label)
+    "ptb_lowrate": ("textvae GRU, `configs/ptb_lowrate.yaml`", "GRU ptb_lowrate"),
+    "ptb": ("textvae GRU, `configs/ptb.yaml`", "GRU ptb"),
+    "ptb_minilm": ("textvae MiniLM + GRU, `configs/ptb_minilm.yaml`", "MiniLM + GRU"),
+    "ptb_smollm2_kl15": ("textvae MiniLM + SmolLM2-135M (4-bit weights), `configs/ptb_smollm2.yaml`",
+                         "SmolLM2, β controller"),
 }
 
 
-def rate_distortion(entries: dict) -> str:
-    rows = [[label, f(kl), f(rec), f(elbo), f(mi), au if au is not None else "—", "as published", "—"]
-            for label, kl, rec, elbo, mi, au in ANCHORS]
-    for name, label in RATE_DISTORTION.items():
+def rate_distortion_points(entries: dict) -> list[dict]:
+    """The rate-distortion rows, anchors first: what both the table and scripts/plot_rate.py's
+    picture show, so the two cannot disagree."""
+    points = [{"label": label, "short": short, "kl": kl, "rec": rec, "elbo": elbo, "mi": mi, "au": au,
+               "anchor": True, "estimator": "as published", "hardware": "—"}
+              for label, short, kl, rec, elbo, mi, au in ANCHORS]
+    for name, (label, short) in RATE_DISTORTION.items():
         if name not in entries:
             continue
         entry = entries[name]
         t = entry["test"]
         steps = f", {entry['steps']:,} steps" if entry.get("steps") else ""
-        rows.append([label + steps, f(t["kl"]), f(t["rec"]), f(t["elbo"]), f(t["mi"]), t["au"],
-                     "one-sample ELBO; words + `<eos>`" if not t.get("ppl_word") else
-                     "one-sample ELBO; rec summed over SmolLM2 tokens", hardware(entry)])
+        estimator = ("one-sample ELBO; rec summed over SmolLM2 tokens" if t.get("ppl_word") else
+                     "one-sample ELBO; words + `<eos>`")
+        points.append({"label": label + steps, "short": short, "kl": t["kl"], "rec": t["rec"], "elbo": t["elbo"],
+                       "mi": t["mi"], "au": t["au"], "anchor": False, "estimator": estimator,
+                       "hardware": hardware(entry)})
+    return points
+
+
+def rate_distortion(entries: dict) -> str:
+    rows = [[p["label"], f(p["kl"]), f(p["rec"]), f(p["elbo"]), f(p["mi"]), "—" if p["au"] is None else p["au"],
+             p["estimator"], p["hardware"]] for p in rate_distortion_points(entries)]
     return table(["PTB test (nats per sentence)", "KL", "rec", "−ELBO", "MI", "AU", "estimator", "hardware"], rows)
 
 

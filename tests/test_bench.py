@@ -179,3 +179,16 @@ def test_plot_rate_draws_the_sweep_and_prints_its_table(tmp_path):
     assert (tmp_path / "rate.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     assert [row["name"] for row in rows] == ["ptb_rate_30", "ptb_rate_5", "ptb"]
     assert rows[0]["rec_bleu"] == 20.0 and rows[2]["kl"] == 4.6
+
+
+def test_plot_rate_draws_the_rate_distortion_table(tmp_path):
+    rows = run_script("plot_rate.py", "--rate-distortion", "--out", str(tmp_path / "rd.png"))
+    assert (tmp_path / "rd.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    by_label = {row["short"]: row for row in rows}
+    # the published anchors, as Li et al. 2020 and 2019 give them
+    assert (by_label["Optimus λ=0.5"]["kl"], by_label["Optimus λ=0.5"]["rec"]) == (15.72, 81.09)
+    assert by_label["Li et al. 2019 LSTM"]["anchor"] and by_label["Li et al. 2019 LSTM"]["elbo"] == 102.41
+    # textvae's rows carry the test figures of their results entries
+    reference = next(e for e in json.loads((REPO / "docs/results/ptb.json").read_text()) if e["name"] == "ptb")
+    assert not by_label["GRU ptb"]["anchor"]
+    assert by_label["GRU ptb"]["kl"] == reference["test"]["kl"] and by_label["GRU ptb"]["rec"] == reference["test"]["rec"]
