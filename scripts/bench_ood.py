@@ -27,7 +27,7 @@ from textvae.api import TextVAE
 from textvae.benchmarking import machine
 from textvae.cli import read_nonempty_lines
 from textvae.config import load_config
-from textvae.errors import UserError
+from textvae.errors import run_script
 
 METRICS = ("auroc", "aupr", "fpr95")
 
@@ -75,8 +75,4 @@ def main(argv=None) -> None:
 
 
 if __name__ == "__main__":
-    try:
-        main()
-    except UserError as error:
-        print(f"bench_ood: {error}", file=sys.stderr)
-        sys.exit(2)
+    run_script(main, "bench_ood")

@@ -28,7 +28,6 @@ import argparse
 import json
 import random
 import re
-import sys
 import time
 from collections import defaultdict
 from pathlib import Path
@@ -37,7 +36,7 @@ import numpy as np
 
 from textvae.anomaly import SCORES, detection_metrics
 from textvae.cli import read_nonempty_lines
-from textvae.errors import UserError
+from textvae.errors import UserError, run_script
 from textvae.files import atomic_write_text
 
 NUMBER = re.compile(r"^[+-]?[\d.,:/]*\d[\d.,:/]*$")  # 1987, 3.5, 1,000, 9/11, 12:30
@@ -214,8 +213,4 @@ def main(argv=None) -> None:
 
 
 if __name__ == "__main__":
-    try:
-        main()
-    except UserError as error:
-        print(f"ptb_ood: {error}", file=sys.stderr)
-        sys.exit(2)
+    run_script(main, "ptb_ood")

@@ -473,6 +473,8 @@ def headline_of(entry: dict) -> str:
         best = max((n for n in wiki if n != "length"), key=lambda n: wiki[n]["auroc"])
         return (f"best against Wikipedia: {best}, AUROC {100 * wiki[best]['auroc']:.1f}; control "
                 f"nll_per_token AUROC {100 * entry['sets']['valid']['scores']['nll_per_token']['auroc']:.1f}")
+    if entry.get("name") == "ptb_showcase":
+        return f"models: {', '.join(entry['models'])}"
     if entry.get("name") == "bench_data_end_of_run":
         return (f"3M/1M lines: warm time {entry['warm_time_ratio_largest_to_smallest']:.2f}×, peak RSS "
                 f"{entry['rss_ratio_largest_to_smallest']:.2f}×")
@@ -497,6 +499,8 @@ def estimator_of(entry: dict) -> str:
         return f"in-scope test vs oos_test, IW-NLL K = {entry['iw_samples']}"
     if entry.get("name") == "ptb_ood":
         return f"PTB test vs length-matched sets, IW-NLL K = {entry['iw_samples']}"
+    if entry.get("name") == "ptb_showcase":
+        return f"{len(entry['sentences'])} test sentences, greedy; samples top-p {entry['top_p']}"
     if entry.get("name") == "bench_data_end_of_run":
         return "wall time of a whole 20-step run, peak RSS"
     if entry.get("name", "").startswith("bench_eval_"):
@@ -560,11 +564,38 @@ def rate_distortion(entries: dict) -> str:
     return table(["PTB test (nats per sentence)", "KL", "rec", "−ELBO", "MI", "AU", "estimator", "hardware"], rows)
 
 
+def text_cell(text: str) -> str:
+    """A generated sentence as a table cell: pipes escaped, an empty output shown as such."""
+    return text.replace("|", "\\|") if text.strip() else "*(empty)*"
+
+
+def showcase(entries: dict) -> str:
+    """scripts/showcase.py's samples, reconstructions and interpolation paths, one column per model."""
+    entry = entries["ptb_showcase"]
+    models = entry["models"]
+    names = list(models)
+    samples = [[str(i + 1), *(text_cell(models[n]["samples"][i]) for n in names)]
+               for i in range(len(models[names[0]]["samples"]))]
+    parts = [f"Prior samples (z ~ N(0, I), top-p {entry['top_p']}, seed {entry['seed']}):\n",
+             table(["#", *names], samples),
+             "\nTest reconstructions (greedy, from the posterior mean):\n",
+             table(["test sentence", *names], [[text_cell(sentence), *(text_cell(models[n]["reconstructions"][i])
+                                                                      for n in names)]
+                                               for i, sentence in enumerate(entry["sentences"])])]
+    for index, (a, b) in enumerate(entry["pairs"]):
+        path = [models[n]["interpolations"][index] for n in names]
+        steps = len(path[0])
+        rows = [[f"{i / (steps - 1):.2f}", *(text_cell(p[i]) for p in path)] for i in range(steps)]
+        parts += [f"\nPath {index + 1} (greedy, slerp), from *{text_cell(a)}* to *{text_cell(b)}*:\n",
+                  table(["t", *names], rows)]
+    return "".join(parts)
+
+
 TABLES = {"rate_distortion": rate_distortion, "index": index, "headline": headline, "ptb": ptb, "ptb_goals": ptb_goals, "rate_sweep": rate_sweep,
           "rate_valid": rate_valid, "diag": diag, "encoders": encoders, "decoder_path": decoder_path,
           "compression": compression, "bits": bits, "large_corpora": large_corpora, "end_of_run": end_of_run,
           "iw_cpus": iw_cpus, "ood_clinc150": ood_clinc150,
-          "ood_ptb": ood_ptb, "ood_ptb_length": ood_ptb_length}
+          "ood_ptb": ood_ptb, "ood_ptb_length": ood_ptb_length, "showcase": showcase}
 
 
 def documents() -> list[Path]:

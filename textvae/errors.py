@@ -22,3 +22,15 @@ def first_line(error: Exception, limit: int = 200) -> str:
     what a one-line error shows of a library's exception."""
     first = (str(error).strip().splitlines() or [type(error).__name__])[0]
     return first if len(first) <= limit else first[: limit - 3] + "..."
+
+
+def run_script(main, prog: str) -> None:
+    """A script's entry point: call `main()`; a `UserError` becomes one line, `prog: message`, on
+    stderr and exit status 2, as in the CLI."""
+    import sys
+
+    try:
+        main()
+    except UserError as error:
+        print(f"{prog}: {error}", file=sys.stderr)
+        sys.exit(2)
