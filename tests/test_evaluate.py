@@ -3,6 +3,8 @@ models whose right answers are known (a uniform decoder, a memorised autoencoder
 
 from __future__ import annotations
 
+import copy
+import dataclasses
 import math
 import subprocess
 import sys
@@ -14,7 +16,7 @@ from torch.distributions import Normal
 from conftest import synthetic_sentences as synthetic_lines
 from textvae.api import TextVAE
 from textvae.config import Config, DecoderConfig, EncoderConfig, EvalConfig, ModelConfig
-from textvae.evaluate import evaluate, latent_use, score_ids, training_sentences
+from textvae.evaluate import decode_count, evaluate, latent_use, score_ids, training_sentences
 from textvae.metrics import edit_distance, interpolation_smoothness, mutual_information
 from textvae.tokenizer import decode_ids, encode_batch, frame, train_tokenizer
 
@@ -167,6 +169,21 @@ def test_reconstruction_metrics_see_a_wrong_decoding(memorised):
     metrics = latent_use(memorised, ids, swapped)
     assert metrics["rec_exact"] == pytest.approx((len(SENTENCES) - 2) / len(SENTENCES))
     assert metrics["rec_bleu"] < 100.0
+    assert "rec_bleu_beam" not in metrics  # eval.rec_beam 0: no beam search
+
+
+def test_beam_reconstruction_metrics_score_beam_search_decodes(memorised):
+    ids = framed(memorised)
+    means = memorised.encode(SENTENCES)
+    swapped = means[[1, 0, *range(2, len(SENTENCES))]]
+    beam = copy.copy(memorised)  # the same model with eval.rec_beam 3
+    beam.config = dataclasses.replace(memorised.config,
+                                      eval=dataclasses.replace(memorised.config.eval, rec_beam=3, interp_pairs=0))
+    right, wrong = latent_use(beam, ids, means), latent_use(beam, ids, swapped)
+    assert right["rec_bleu_beam"] == pytest.approx(100.0) and right["rec_exact_beam"] == 1.0
+    assert wrong["rec_exact_beam"] == pytest.approx((len(SENTENCES) - 2) / len(SENTENCES))
+    assert wrong["rec_bleu_beam"] < 100.0
+    assert decode_count(beam.config.eval, len(SENTENCES), with_prior=False) == 4 * len(SENTENCES)
 
 
 def test_edit_distance():

@@ -376,7 +376,8 @@ def test_a_capped_evaluation_evaluates_exactly_the_first_n_sentences(debug_run, 
 
     monkeypatch.chdir(debug_run.parent.parent)
     assert main(["evaluate", "--model", str(debug_run / "model"), "--split", "valid", "--iw-samples", "3",
-                 "--max-sentences", "7", "--prior-samples", "0", "--interp-pairs", "2", "--json"]) == 0
+                 "--max-sentences", "7", "--prior-samples", "0", "--interp-pairs", "2", "--rec-beam", "2",
+                 "--json"]) == 0
     metrics = json.loads(capsys.readouterr().out)
     vae = TextVAE.from_pretrained(debug_run / "model")
     full = vae.config.data.__class__(**{**vae.config.data.__dict__, "max_length": 10**9})
@@ -385,7 +386,8 @@ def test_a_capped_evaluation_evaluates_exactly_the_first_n_sentences(debug_run, 
     assert metrics["sentences"] == 7 and metrics["tokens"] == sum(len(x) - 1 for x in ids)
     assert metrics["nll"] == pytest.approx(direct.nll.mean().item(), rel=1e-5)
     assert "novel" not in metrics and "interp_distinct" in metrics  # --prior-samples 0 skips the prior metrics
-    for flag, value in (("--max-sentences", "0"), ("--bleu-sentences", "-1")):
+    assert 0 <= metrics["rec_bleu_beam"] <= 100 and 0 <= metrics["rec_exact_beam"] <= 1
+    for flag, value in (("--max-sentences", "0"), ("--bleu-sentences", "-1"), ("--rec-beam", "-1")):
         assert main(["evaluate", "--model", str(debug_run / "model"), flag, value]) == 2
         (line,) = capsys.readouterr().err.strip().splitlines()
         assert flag in line and value in line

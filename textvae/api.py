@@ -229,7 +229,8 @@ class TextVAE(TrainedModel):
         return decompress(self, data)
 
 
-EVAL_CAPS = {"max_sentences": 1, "prior_samples": 0, "bleu_sentences": 0, "interp_pairs": 0}  # key: least value
+EVAL_CAPS = {"max_sentences": 1, "prior_samples": 0, "bleu_sentences": 0, "interp_pairs": 0,
+             "rec_beam": 0}  # key: least value
 
 
 def evaluate_model(model: str = "runs/latest", split: str = "test", iw_samples: int | None = None, seed: int = 0,
@@ -237,7 +238,7 @@ def evaluate_model(model: str = "runs/latest", split: str = "test", iw_samples: 
     """`textvae evaluate`: the metrics of a saved model on a split of the data it was trained on,
     computed on `device` (see device.resolve_device). `caps` override the model's `eval` settings
     (`max_sentences`, `prior_samples` (0: no prior-sample metrics), `bleu_sentences` (0: all),
-    `interp_pairs`); None keeps the stored value."""
+    `interp_pairs`, `rec_beam` (0: no beam-search reconstructions)); None keeps the stored value."""
     from textvae.data import load_corpus
     from textvae.evaluate import PRIOR_STRATEGY, evaluate, training_sentences
 

@@ -267,7 +267,8 @@ def cmd_evaluate(args, rest) -> None:
 
     metrics = evaluate_model(args.model, args.split, args.iw_samples, args.seed, args.precision, args.device,
                              max_sentences=args.max_sentences, prior_samples=args.prior_samples,
-                             bleu_sentences=args.bleu_sentences, interp_pairs=args.interp_pairs)
+                             bleu_sentences=args.bleu_sentences, interp_pairs=args.interp_pairs,
+                             rec_beam=args.rec_beam)
     if args.json:
         print(json.dumps(metrics))
         return
@@ -405,6 +406,8 @@ def build_parser() -> argparse.ArgumentParser:
                           help="sentences whose reconstructions give rec_bleu (0: all; default: the model's eval)")
     evaluate.add_argument("--interp-pairs", type=int,
                           help="sentence pairs behind interp_distinct/step (0: skip; default: the model's eval)")
+    evaluate.add_argument("--rec-beam", type=int,
+                          help="beam width for rec_bleu_beam/rec_exact_beam (0: skip; default: the model's eval)")
     evaluate.add_argument("--json", action="store_true", help="print one JSON object")
     evaluate.set_defaults(handler=cmd_evaluate)
     return parser

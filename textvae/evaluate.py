@@ -5,7 +5,8 @@ no Lightning.
   computed once per sentence, K codes per sentence (metrics.iw_nll). `TextVAE.score`,
   `evaluate` and scripts/bench_eval.py all go through it.
 - `evaluate` turns the per-sentence scores into the metric table and adds what shows whether
-  the latent is used: greedy reconstructions of posterior means (`rec_bleu`, `rec_exact`),
+  the latent is used: greedy reconstructions of posterior means (`rec_bleu`, `rec_exact`; with
+  `eval.rec_beam`, beam-search ones as well: `rec_bleu_beam`, `rec_exact_beam`),
   10-point slerp paths between fixed random pairs of the split (`interp_distinct`,
   `interp_step`), and prior samples (`distinct_1/2`, `novel` from *sampled* decodes, as
   the literature reports them; `distinct_*_greedy` from greedy decodes of the same codes
@@ -136,9 +137,10 @@ def evaluate(vae: "TrainedModel", ids: list[list[int]], training_text: TrainingS
 
 
 def decode_count(settings, sentences: int, with_prior: bool) -> int:
-    """Codes `evaluate` decodes: reconstructions, interpolation points, and prior samples twice
-    (sampled and greedy)."""
-    reconstructions = min(settings.bleu_sentences or sentences, sentences)
+    """Codes `evaluate` decodes, in greedy decodes: reconstructions (and their beam search, about
+    `rec_beam` greedy decodes each), interpolation points, and prior samples twice (sampled and
+    greedy)."""
+    reconstructions = min(settings.bleu_sentences or sentences, sentences) * (1 + settings.rec_beam)
     paths = settings.interp_pairs * INTERP_POINTS if sentences >= 2 else 0
     return reconstructions + paths + (2 * settings.prior_samples if with_prior else 0)
 
@@ -181,6 +183,9 @@ def latent_use(vae: "TrainedModel", ids: list[list[int]], means: torch.Tensor, s
     max_length = vae.clamp_length(_longest(ids[:limit]) + 10)
     hypotheses = vae.decode(means[:limit], strategy="greedy", max_length=max_length)
     metrics = {"rec_bleu": corpus_bleu(hypotheses, references), "rec_exact": exact_share(hypotheses, references)}
+    if settings.rec_beam:  # the decoder's most likely sentence given z, nearer than greedy's
+        beams = vae.decode(means[:limit], strategy="beam", beam_size=settings.rec_beam, max_length=max_length)
+        metrics.update({"rec_bleu_beam": corpus_bleu(beams, references), "rec_exact_beam": exact_share(beams, references)})
     if settings.interp_pairs and len(ids) >= 2:
         pairs = _pairs(len(ids), settings.interp_pairs, seed)
         t = torch.linspace(0, 1, INTERP_POINTS, device=means.device)

@@ -321,6 +321,7 @@ class EvalConfig:
     prior_samples: int = 1000  # prior samples for distinct-n and novelty
     bleu_sentences: int = 1000  # sentences whose greedy reconstructions give rec_bleu and rec_exact (0: all)
     interp_pairs: int = 100  # fixed random sentence pairs for interp_distinct/interp_step (0: skip)
+    rec_beam: int = 0  # beam width for rec_bleu_beam/rec_exact_beam: the same sentences by beam search (0: skip)
     num_samples_txt: int = 20  # prior samples written to samples.txt
 
     def __post_init__(self):
@@ -330,6 +331,7 @@ class EvalConfig:
         _require(self.prior_samples >= 1, "eval.prior_samples", "must be >= 1", self.prior_samples)
         _require(self.bleu_sentences >= 0, "eval.bleu_sentences", "must be >= 0", self.bleu_sentences)
         _require(self.interp_pairs >= 0, "eval.interp_pairs", "must be >= 0", self.interp_pairs)
+        _require(self.rec_beam >= 0, "eval.rec_beam", "must be >= 0", self.rec_beam)
         _require(self.num_samples_txt >= 0, "eval.num_samples_txt", "must be >= 0", self.num_samples_txt)
 
 
