@@ -191,4 +191,4 @@ def test_plot_rate_draws_the_rate_distortion_table(tmp_path):
     # textvae's rows carry the test figures of their results entries
     reference = next(e for e in json.loads((REPO / "docs/results/ptb.json").read_text()) if e["name"] == "ptb")
     assert not by_label["GRU ptb"]["anchor"]
-    assert by_label["GRU ptb"]["kl"] == reference["test"]["kl"] and by_label["GRU ptb"]["rec"] == reference["test"]["rec"]
+    assert (by_label["GRU ptb"]["kl"], by_label["GRU ptb"]["rec"]) == (reference["test"]["kl"], reference["test"]["rec"])

@@ -185,7 +185,8 @@ def latent_use(vae: "TrainedModel", ids: list[list[int]], means: torch.Tensor, s
     metrics = {"rec_bleu": corpus_bleu(hypotheses, references), "rec_exact": exact_share(hypotheses, references)}
     if settings.rec_beam:  # the decoder's most likely sentence given z, nearer than greedy's
         beams = vae.decode(means[:limit], strategy="beam", beam_size=settings.rec_beam, max_length=max_length)
-        metrics.update({"rec_bleu_beam": corpus_bleu(beams, references), "rec_exact_beam": exact_share(beams, references)})
+        metrics.update({"rec_bleu_beam": corpus_bleu(beams, references),
+                        "rec_exact_beam": exact_share(beams, references)})
     if settings.interp_pairs and len(ids) >= 2:
         pairs = _pairs(len(ids), settings.interp_pairs, seed)
         t = torch.linspace(0, 1, INTERP_POINTS, device=means.device)
