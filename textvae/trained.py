@@ -237,20 +237,28 @@ class TrainedModel:
 
     # ----------------------------------------------------------------------------- operations
     @torch.no_grad()
+    def posterior(self, sentences: list[str], batch_size: int = 256) -> tuple[torch.Tensor, torch.Tensor]:
+        """q(z|x) of each sentence: posterior means and log-variances, each (n, latent_dim), on the
+        model's device."""
+        ids = self.tokenize(sentences)
+        means = torch.empty(len(ids), self.latent_dim, device=self.device)
+        logvars = torch.empty_like(means)
+        for positions, tokens in length_batches(ids, batch_size, special_ids(self.tokenizer).pad):
+            with self.autocast():
+                mean, logvar = self.model.encode(tokens.to(self.device))
+            means[positions], logvars[positions] = mean.float(), logvar.float()
+        return means, logvars
+
+    @torch.no_grad()
     def encode(self, sentences: list[str], sample: bool = False, seed: int | None = None,
                batch_size: int = 256) -> torch.Tensor:
         """Codes (n, latent_dim) on the model's device: posterior means, or draws from q(z|x) with
         `sample=True`."""
-        ids = self.tokenize(sentences)
+        mean, logvar = self.posterior(sentences, batch_size)
+        if not sample:
+            return mean
         generator = torch.Generator(device=self.device).manual_seed(seed) if seed is not None else None
-        codes = torch.empty(len(ids), self.latent_dim, device=self.device)
-        for positions, tokens in length_batches(ids, batch_size, special_ids(self.tokenizer).pad):
-            with self.autocast():
-                tokens = tokens.to(self.device)
-                mean, logvar = (t.float() for t in self.model.encode(tokens))
-            z = self.model.reparameterize(mean, logvar, generator) if sample else mean
-            codes[positions] = z
-        return codes
+        return self.model.reparameterize(mean, logvar, generator)
 
     @torch.no_grad()
     def decode(self, z: torch.Tensor, strategy: str = "greedy", temperature: float = 1.0, top_k: int | None = None,
