@@ -342,6 +342,21 @@ def test_order_reshuffles_across_epochs_and_repeats_for_the_same_seed_and_epoch(
     assert shards(1, epoch=0, shuffle=False) == shards(1, epoch=5, shuffle=False)
 
 
+def test_a_first_part_of_an_evaluation_pass_holds_sentences_of_every_length():
+    lengths = list(range(3, 1003))  # sorted: batches cut in this order would run shortest first
+    sampler = BucketBatchSampler(lengths, 10, shuffle=False, seed=0)
+    batches = list(sampler)
+    assert sorted(i for batch in batches for i in batch) == list(range(len(lengths)))
+    assert all(max(batch) - min(batch) == len(batch) - 1 for batch in batches)  # each batch a length run
+    quarter = [lengths[i] for batch in batches[: len(batches) // 4] for i in batch]  # limit_val_batches 0.25
+    mean = sum(lengths) / len(lengths)
+    assert abs(sum(quarter) / len(quarter) - mean) < 0.05 * mean  # sorted order: 75% below
+    deciles = {(length - 3) // 100 for length in quarter}
+    assert deciles == set(range(10))  # every tenth of the length range is in the first quarter
+    sampler.set_epoch(3)
+    assert list(sampler) == batches  # one fixed order, every pass
+
+
 def test_lightning_set_epoch_hook_reaches_the_sampler():
     loader = make_loader(_frames(), 32, shuffle=True, seed=3, pool=4)
     first = [batch["index"].tolist() for batch in loader]
@@ -627,7 +642,7 @@ def test_utf8_check_names_the_line_of_a_bad_byte_beyond_the_first_block(tmp_path
 
 def reference_batches(lengths, batch_size, shuffle, seed, pool, replicas, epoch):
     """The bucketing rule written plainly: shuffle, sort each pool stably by length, cut, shuffle
-    the batches, halve the largest until the count divides by the replicas."""
+    the batches (evaluation: spread them in a fixed order), halve the largest until the count divides by the replicas."""
     generator = torch.Generator().manual_seed(seed + epoch)
     lengths = torch.tensor(lengths)
     order = torch.randperm(len(lengths), generator=generator) if shuffle else torch.arange(len(lengths))
@@ -638,6 +653,9 @@ def reference_batches(lengths, batch_size, shuffle, seed, pool, replicas, epoch)
         batches += [b.tolist() for b in chunk[torch.argsort(lengths[chunk], stable=True)].split(batch_size)]
     if shuffle:
         batches = [batches[i] for i in torch.randperm(len(batches), generator=generator).tolist()]
+    else:  # evaluation: batch i at the rank of frac(i * 0.618...) among all batches
+        ranks = sorted(range(len(batches)), key=lambda i: (i * 0.6180339887498949) % 1)
+        batches = [batches[i] for i in ranks]
     while len(batches) % replicas:
         i = max(range(len(batches)), key=lambda j: len(batches[j]))
         batches[i: i + 1] = [batches[i][: len(batches[i]) // 2], batches[i][len(batches[i]) // 2:]]

@@ -276,7 +276,7 @@ class TrainerConfig:
     log_every_n_steps: int = 50  # how often training metrics reach the CSV log
     val_check_interval: Union[int, float] = 1.0  # float: share of an epoch; int: steps between validations
     limit_train_batches: Union[int, float] = 1.0  # train on a share (float) or number (int) of batches
-    limit_val_batches: Union[int, float] = 1.0  # validate on a share or number of batches
+    limit_val_batches: Union[int, float] = 1.0  # validate on a share or number of batches (of every length)
     enable_progress_bar: Optional[bool] = None  # None: a bar on a terminal, quiet when piped
     check_val_every_n_epoch: Optional[int] = 1  # validate every N epochs (null: by val_check_interval steps only)
     deterministic: Union[bool, Literal["warn"]] = False  # true: deterministic torch kernels (slower); warn: warn only

@@ -18,6 +18,14 @@ from textvae.errors import UserError
 from textvae.tokenizer import PAD_ID, pad_batch
 
 
+def spread_order(count: int) -> torch.Tensor:
+    """A fixed order of `count` items in which every prefix is spread evenly over them: item i
+    comes at the rank of frac(i / golden ratio), a low-discrepancy sequence. Evaluation batches are
+    cut from the length-sorted split; in this order a part of the pass (trainer.limit_val_batches
+    < 1) sees sentences of every length instead of only the shortest."""
+    return torch.argsort(torch.frac(torch.arange(count, dtype=torch.float64) * 0.6180339887498949))
+
+
 class BucketBatchSampler(Sampler[list[int]]):
     """Batches of similar-length sentences, sharded by whole batches across `num_replicas` ranks.
 
@@ -25,8 +33,9 @@ class BucketBatchSampler(Sampler[list[int]]):
     cut them into batches and shuffle the batch order. Every rank builds the same batch list and
     takes every `num_replicas`-th batch, so shards are disjoint and cover every sentence exactly
     once; to give each rank the same number of steps (DDP would hang otherwise) the largest
-    batches are halved until the count divides evenly. Without shuffling, all sentences are
-    sorted by length (evaluation).
+    batches are halved until the count divides evenly. Without shuffling (evaluation), all
+    sentences are sorted by length and cut into batches, which come in one fixed order (`spread_order`), the
+    same every pass, so that any first part of a pass holds sentences of every length.
 
     The sampler counts the batches it hands out, so `state_dict()` says where the current pass
     stands and `load_state_dict()` makes the next pass over that epoch skip what was trained on.
@@ -88,6 +97,8 @@ class BucketBatchSampler(Sampler[list[int]]):
         spans = self._spans(count)
         if self.shuffle:
             spans = [spans[i] for i in torch.randperm(len(spans), generator=generator).tolist()]
+        else:
+            spans = [spans[i] for i in spread_order(len(spans)).tolist()]
         while len(spans) % self.num_replicas:
             largest = max(range(len(spans)), key=lambda i: spans[i][1] - spans[i][0])
             start, end = spans[largest]
