@@ -34,8 +34,9 @@ class BucketBatchSampler(Sampler[list[int]]):
     takes every `num_replicas`-th batch, so shards are disjoint and cover every sentence exactly
     once; to give each rank the same number of steps (DDP would hang otherwise) the largest
     batches are halved until the count divides evenly. Without shuffling (evaluation), all
-    sentences are sorted by length and cut into batches, which come in one fixed order (`spread_order`), the
-    same every pass, so that any first part of a pass holds sentences of every length.
+    sentences are sorted by length and cut into batches, which come in one fixed order
+    (`spread_order`), the same every pass, so that any first part of a pass holds sentences of
+    every length.
 
     The sampler counts the batches it hands out, so `state_dict()` says where the current pass
     stands and `load_state_dict()` makes the next pass over that epoch skip what was trained on.
