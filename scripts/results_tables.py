@@ -537,6 +537,7 @@ RATE_DISTORTION = {  # name: (label, short label)
     "ptb_lowrate": ("textvae GRU, `configs/ptb_lowrate.yaml`", "GRU ptb_lowrate"),
     "ptb": ("textvae GRU, `configs/ptb.yaml`", "GRU ptb"),
     "ptb_minilm": ("textvae MiniLM + GRU, `configs/ptb_minilm.yaml`", "MiniLM + GRU"),
+    "ptb_smollm2_lm": ("SmolLM2-135M (4-bit weights) fine-tuned alone, no latent: the exact NLL", "SmolLM2 alone"),
     "ptb_smollm2_kl15": ("textvae MiniLM + SmolLM2-135M (4-bit weights), `configs/ptb_smollm2.yaml` (β controller)",
                          "SmolLM2, β controller"),
     "ptb_smollm2_optimus": ("textvae MiniLM + SmolLM2-135M (4-bit weights), `configs/ptb_smollm2.yaml` with "
@@ -556,11 +557,12 @@ def rate_distortion_points(entries: dict) -> list[dict]:
         entry = entries[name]
         t = entry["test"]
         steps = f", {entry['steps']:,} steps" if entry.get("steps") else ""
-        estimator = ("one-sample ELBO; rec summed over SmolLM2 tokens" if t.get("ppl_word") else
-                     "one-sample ELBO; words + `<eos>`")
+        no_latent = "--model.latent none" in entry.get("extra_flags", "")  # no code: MI and AU do not apply
+        estimator = ("exact NLL (no latent)" if no_latent else "one-sample ELBO") + (
+            "; rec summed over SmolLM2 tokens" if t.get("ppl_word") else "; words + `<eos>`")
         points.append({"label": label + steps, "short": short, "kl": t["kl"], "rec": t["rec"], "elbo": t["elbo"],
-                       "mi": t["mi"], "au": t["au"], "anchor": False, "estimator": estimator,
-                       "hardware": hardware(entry)})
+                       "mi": None if no_latent else t["mi"], "au": None if no_latent else t["au"], "anchor": False,
+                       "estimator": estimator, "hardware": hardware(entry)})
     return points
 
 
