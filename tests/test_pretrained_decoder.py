@@ -250,6 +250,26 @@ def test_a_pretrained_encoder_reads_the_lm_vocabulary(tiny_lms, tmp_path, single
     assert mean.shape == (3, 8) and torch.isfinite(logvar).all()
 
 
+def test_bench_encoder_flops_count_each_sentences_own_positions(tiny_lms, tmp_path, single_thread):
+    """bench_train's encoder FLOPs over a Llama vocabulary, whose pad id is not textvae's word-level
+    one: a sentence costs the same batched with longer ones as alone."""
+    from test_pretrained import build_tiny as build_encoder
+    from textvae.benchmarking import pretrained_encoder_flops_per_token
+    from textvae.config import EncoderConfig
+
+    bert = build_encoder("bert", tmp_path / "bert")
+    parts = load_hf(str(tiny_lms["llama"]), "model.decoder.pretrained", "decoder")
+    tokenizer = text_tokenizer(parts[1])
+    assert special_ids(tokenizer).pad != 0
+    config = ModelConfig(latent_dim=8, encoder=EncoderConfig(pretrained=str(bert)),
+                         decoder=DecoderConfig(type="pretrained", pretrained=str(tiny_lms["llama"])))
+    model = VAE(config, 0, tokenizer, {"decoder": parts, "encoder": load_hf(str(bert), "model.encoder.pretrained")})
+    ids = [frame(x, specials=special_ids(tokenizer)) for x in encode_batch(tokenizer, SENTENCES)]
+    alone = [pretrained_encoder_flops_per_token(model.encoder, [row]) * (len(row) - 1) for row in ids]
+    together = pretrained_encoder_flops_per_token(model.encoder, ids) * sum(len(row) - 1 for row in ids)
+    assert together == pytest.approx(sum(alone))
+
+
 def test_bench_lm_cache_reports_both_cases_and_identical_outputs(tiny_lms, monkeypatch, capsys, single_thread):
     import json
     import runpy

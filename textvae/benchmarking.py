@@ -137,10 +137,13 @@ def pretrained_encoder_flops_per_token(encoder, ids: list[list[int]], training: 
     framed sentences `ids`: 2 x its linear layers' weights per position it reads (its own
     subword tokens, [CLS]/[SEP] included) plus attention, as in model_flops_per_token; x 3 when it
     is fine-tuned, x 1 when frozen (forward only, no backward through it)."""
-    from textvae.tokenizer import pad_batch
+    from textvae.tokenizer import pad_batch, special_ids
 
     sample = ids[:2000]
-    lengths = [len(row) for row in encoder.hf_tokenizer(encoder.texts(pad_batch(sample)))["input_ids"]]
+    # Padded with the corpus tokenizer's own pad id, which texts() drops (a subword vocabulary's
+    # pad is not textvae's word-level one; padding read as text would count as positions).
+    padded = pad_batch(sample, special_ids(encoder.tokenizer).pad)
+    lengths = [len(row) for row in encoder.hf_tokenizer(encoder.texts(padded))["input_ids"]]
     weights = sum(module.weight.numel() for module in encoder.hf.modules() if isinstance(module, torch.nn.Linear))
     hf = encoder.hf.config
     attention = sum(2 * 2 * hf.num_hidden_layers * hf.hidden_size * length * length for length in lengths)
