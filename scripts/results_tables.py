@@ -584,9 +584,9 @@ def showcase(entries: dict) -> str:
     names = list(models)
     samples = [[str(i + 1), *(text_cell(models[n]["samples"][i]) for n in names)]
                for i in range(len(models[names[0]]["samples"]))]
-    parts = [f"Prior samples (z ~ N(0, I), top-p {entry['top_p']}, seed {entry['seed']}):\n",
+    parts = [f"Prior samples (z ~ N(0, I), top-p {entry['top_p']}, seed {entry['seed']}):\n\n",
              table(["#", *names], samples),
-             "\nTest reconstructions (greedy, from the posterior mean):\n",
+             "\nTest reconstructions (greedy, from the posterior mean):\n\n",
              table(["test sentence", *names], [[text_cell(sentence), *(text_cell(models[n]["reconstructions"][i])
                                                                       for n in names)]
                                                for i, sentence in enumerate(entry["sentences"])])]
@@ -594,7 +594,7 @@ def showcase(entries: dict) -> str:
         path = [models[n]["interpolations"][index] for n in names]
         steps = len(path[0])
         rows = [[f"{i / (steps - 1):.2f}", *(text_cell(p[i]) for p in path)] for i in range(steps)]
-        parts += [f"\nPath {index + 1} (greedy, slerp), from *{text_cell(a)}* to *{text_cell(b)}*:\n",
+        parts += [f"\nPath {index + 1} (greedy, slerp), from *{text_cell(a)}* to *{text_cell(b)}*:\n\n",
                   table(["t", *names], rows)]
     return "".join(parts)
 

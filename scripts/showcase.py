@@ -72,7 +72,7 @@ def main(argv=None) -> None:
     from textvae.benchmarking import machine
 
     start = time.perf_counter()
-    report = {"test": args.test, "seed": args.seed, "top_p": args.top_p, "steps": args.steps,
+    report = {"test_file": args.test, "seed": args.seed, "top_p": args.top_p, "steps": args.steps,
               "sentences": sentences, "pairs": [list(pair) for pair in pairs], "models": {}}
     for name, directory in models.items():
         vae = TextVAE.from_pretrained(directory, device=args.device)
