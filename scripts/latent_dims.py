@@ -16,8 +16,7 @@ import json
 
 from textvae.cli import read_nonempty_lines
 from textvae.errors import UserError, run_script
-
-ACTIVE = 0.01  # the active-unit threshold on Var_x(E_q[z_d|x])
+from textvae.metrics import ACTIVE_UNIT_THRESHOLD
 
 
 def main(argv=None) -> None:
@@ -39,7 +38,8 @@ def main(argv=None) -> None:
     mean_variance = mean.var(0)
     posterior_variance = logvar.exp().mean(0)
     dims = [{"dim": d, "kl": kl[d].item(), "mean_variance": mean_variance[d].item(),
-             "posterior_variance": posterior_variance[d].item(), "active": mean_variance[d].item() > ACTIVE}
+             "posterior_variance": posterior_variance[d].item(),
+             "active": mean_variance[d].item() > ACTIVE_UNIT_THRESHOLD}
             for d in kl.argsort(descending=True).tolist()]
     print(json.dumps({"model": args.model, "text": args.text, "sentences": len(lines), "kl": kl.sum().item(),
                       "au": sum(d["active"] for d in dims), "dims": dims}))

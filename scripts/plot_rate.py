@@ -100,7 +100,8 @@ def plot_rate_distortion(out: Path) -> None:
             axis.plot([point["kl"]], [point["rec"]], linestyle="none", marker="o", ms=7, label=point["short"])
     axis.legend(fontsize=8, loc="upper right", title="textvae", title_fontsize=8)
     axis.set(xlabel="KL, nats per sentence (rate)", ylabel="rec, nats per sentence (distortion)",
-             title="PTB test: rate and distortion (grey: equal −ELBO = rec + KL)", xlim=(-1, right), ylim=(bottom, top))
+             title="PTB test: rate and distortion (grey: equal −ELBO = rec + KL)", xlim=(-1, right),
+             ylim=(bottom, top))
     axis.grid(alpha=0.2)
     figure.tight_layout()
     out.parent.mkdir(parents=True, exist_ok=True)

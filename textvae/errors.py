@@ -4,6 +4,8 @@ The CLI turns a `UserError` into a single line on stderr and exit status 2; anyt
 bug and keeps its traceback.
 """
 
+import sys
+
 
 class UserError(Exception):
     """Bad input from the user: config, data, model directory or command-line arguments."""
@@ -27,8 +29,6 @@ def first_line(error: Exception, limit: int = 200) -> str:
 def run_script(main, prog: str) -> None:
     """A script's entry point: call `main()`; a `UserError` becomes one line, `prog: message`, on
     stderr and exit status 2, as in the CLI."""
-    import sys
-
     try:
         main()
     except UserError as error:

@@ -111,7 +111,10 @@ def mutual_information(mean: torch.Tensor, logvar: torch.Tensor, chunk: int = 10
     return float(negative_entropy - torch.cat(log_aggregate).mean())
 
 
-def active_units(mean: torch.Tensor, threshold: float = 0.01) -> int:
+ACTIVE_UNIT_THRESHOLD = 0.01  # Var_x(E_q[z_d|x]) above which a dimension counts as active (Burda et al. 2016)
+
+
+def active_units(mean: torch.Tensor, threshold: float = ACTIVE_UNIT_THRESHOLD) -> int:
     """Dimensions whose posterior mean varies across sentences: Var_x(E_q[z_d|x]) > threshold."""
     return int((mean.double().var(dim=0) > threshold).sum())
 
